@@ -1,0 +1,78 @@
+"""Checkpoints: plain dicts of tensors and JSON-able values, written atomically.
+
+They are read with ``torch.load(weights_only=True)``: no arbitrary unpickling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bandistill.errors import UserError
+
+FORMAT = "bandistill-checkpoint"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
+    """Save a checkpoint dict atomically."""
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **obj}, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a bandistill checkpoint, or raise :class:`UserError` saying why it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass the model.pt written by 'bandistill train'")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a readable checkpoint ({first[:120]}); retrain or pick another file") from None
+    except Exception as exc:  # pickle.UnpicklingError and friends from weights_only
+        raise UserError(f"{path} is not a bandistill checkpoint ({type(exc).__name__}); pass a model.pt from 'bandistill train'") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UserError(f"{path} is not a bandistill checkpoint; pass a model.pt written by 'bandistill train'")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise UserError(f"{path} was written by a newer bandistill (format {ckpt['format_version']}); upgrade bandistill")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild the network a checkpoint describes and load its weights (eval mode)."""
+    from bandistill.models import build_model
+
+    spec = ckpt["model"]
+    model = build_model(spec["name"], spec["num_classes"], spec["in_channels"], **spec.get("options", {}))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (short form), used to record lineage."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

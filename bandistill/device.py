@@ -1,0 +1,30 @@
+"""Choosing the device and the numerics that go with it."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from bandistill.errors import UserError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` is CUDA when a GPU is usable, else CPU; ``cuda`` without a GPU is a user error."""
+    key = (name or "auto").lower()
+    if key == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if key.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} asked for a GPU but none is usable here; use --device cpu or auto")
+        return torch.device(key)
+    if key == "cpu":
+        return torch.device("cpu")
+    raise UserError(f"unknown device '{name}': use auto, cpu or cuda")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing on CPU (where the same code runs in float32)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,348 @@
+"""The training loop, for generation 0 (labels) and for students (labels + cached soft targets).
+
+The whole training split lives on the device as one uint8 tensor. Each epoch draws a
+permutation and one view per sample from pure functions of (seed, epoch), so a resumed
+run replays exactly what an uninterrupted one would have done. Each step cuts a batch,
+makes its views with batched integer gathers (:mod:`bandistill.views`) and normalises;
+there is no per-sample Python and there are no loader workers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bandistill.checkpoint import load_checkpoint, save_checkpoint
+from bandistill.data import ImageDataset, load_dataset
+from bandistill.device import autocast, resolve_device
+from bandistill.errors import UserError
+from bandistill.inference import accuracy_and_nll, predict_logits
+from bandistill.models import build_model, count_parameters, default_weight_decay, validate_model_name
+from bandistill.progress import make_progress
+from bandistill.views import ViewPolicy, normalize, view_hash
+
+MODEL_FILE = "model.pt"
+LAST_FILE = "last.pt"
+METRICS_FILE = "metrics.jsonl"
+
+#: Step schedule of Wide-ResNet (used by the BAN paper): lr x0.2 at 30%, 60% and 80% of training.
+STEP_MILESTONES = (0.3, 0.6, 0.8)
+STEP_GAMMA = 0.2
+
+#: Config keys that may change on --resume without invalidating the run.
+RESUME_FREE_KEYS = ("device", "data_dir", "download")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (recorded in every checkpoint)."""
+
+    model: str
+    dataset: str
+    data_dir: str | None = None
+    download: bool = False
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float | None = None  # None: the architecture's paper default
+    schedule: str = "step"
+    seed: int = 0
+    device: str = "auto"
+    val_split: float = 0.0
+    memory_efficient: bool = False
+    dropout: float = 0.0
+    # students only
+    teacher_logits: str | None = None
+    loss: str = "ban+l"
+    temperature: float = 1.0
+    alpha: float = 0.5
+    cache_memory_budget_gb: float = 4.0
+
+    def validate(self) -> "TrainConfig":
+        """Normalise and check the values; raise :class:`UserError` on bad ones."""
+        self.model = validate_model_name(self.model)
+        if self.epochs <= 0:
+            raise UserError(f"--epochs must be a positive integer, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise UserError(f"--batch-size must be a positive integer, got {self.batch_size}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.schedule not in ("step", "cosine"):
+            raise UserError(f"unknown --schedule '{self.schedule}': use step or cosine")
+        if self.weight_decay is None:
+            self.weight_decay = default_weight_decay(self.model)
+        if self.weight_decay < 0:
+            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.teacher_logits is None:
+            self.loss = "ce"
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class SoftTargets(Protocol):
+    """What a student reads instead of running its teacher (see :mod:`bandistill.distill`)."""
+
+    generation: int
+
+    def epoch_params(self, epoch: int) -> torch.Tensor:
+        """View parameters ``(N, P)`` (on the device) of the view each sample is shown this epoch."""
+
+    def batch_logits(self, epoch: int, idx: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for this epoch's views of samples ``idx``."""
+
+    def lineage(self) -> dict[str, Any]:
+        """What taught the student (cache path and digest, teacher, loss)."""
+
+
+def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    return int(view_hash(seed, stream, np.array([epoch]))[0] & np.uint64(0x7FFFFFFFFFFFFFFF))
+
+
+def learning_rate(config: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """The lr at a given step: a pure function, so resuming needs no scheduler state."""
+    if config.schedule == "cosine":
+        t = (epoch * steps_per_epoch + step) / (config.epochs * steps_per_epoch)
+        return 0.5 * config.lr * (1.0 + math.cos(math.pi * t))
+    drops = sum(epoch >= round(m * config.epochs) for m in STEP_MILESTONES if round(m * config.epochs) > 0)
+    return config.lr * STEP_GAMMA**drops
+
+
+class TrainRun:
+    """One training run writing into ``out``; :func:`train` is the usual way in."""
+
+    def __init__(self, config: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True):
+        self.config = config.validate()
+        self.out = Path(out)
+        self.resume = resume
+        self.show_progress = progress
+        self._check_out_dir()
+        self.device = resolve_device(config.device)
+        self.dataset: ImageDataset = load_dataset(
+            config.dataset, config.data_dir, download=config.download, val_split=config.val_split
+        )
+        self.policy: ViewPolicy = self.dataset.view_policy
+        self.mean_list, self.std_list = self.dataset.normalization()
+        self.targets: SoftTargets | None = None
+        self.loss_fn: Callable[..., torch.Tensor] = lambda logits, labels, teacher: F.cross_entropy(logits, labels)
+        if config.teacher_logits:
+            from bandistill.distill import open_soft_targets
+            from bandistill.losses import make_loss
+
+            self.loss_fn = make_loss(config.loss, temperature=config.temperature, alpha=config.alpha)
+            self.targets = open_soft_targets(config, self.dataset, self.device)
+
+    def _check_out_dir(self) -> None:
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"--out {self.out} is a file, not a folder; choose another --out")
+        has_run = (self.out / LAST_FILE).exists() or (self.out / MODEL_FILE).exists()
+        if has_run and not self.resume:
+            raise UserError(f"--out {self.out} already holds a run; pass --resume to continue it or choose another --out")
+
+    # -- state -----------------------------------------------------------------------
+    def _build(self) -> None:
+        c = self.config
+        options = {}
+        if c.memory_efficient:
+            options["memory_efficient"] = True
+        if c.dropout:
+            options["dropout"] = c.dropout
+        self.model_spec = {
+            "name": c.model,
+            "num_classes": self.dataset.num_classes,
+            "in_channels": self.dataset.in_channels,
+            "options": options,
+        }
+        torch.manual_seed(_epoch_seed(c.seed, 0, 7))
+        self.model = build_model(c.model, self.dataset.num_classes, self.dataset.in_channels, **options)
+        self.model = self.model.to(self.device, memory_format=torch.channels_last)
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        self.optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=c.lr,
+            momentum=c.momentum,
+            nesterov=c.momentum > 0,
+        )
+        self.start_epoch = 0
+        self.history: list[dict[str, Any]] = []
+
+    def _restore(self) -> None:
+        """Continue from ``last.pt`` when resuming (and refuse one made with other settings)."""
+        last = self.out / LAST_FILE
+        if not (self.resume and last.exists()):
+            return
+        state = load_checkpoint(last)
+        saved = dict(state["config"])
+        mine = self.config.to_dict()
+        diff = [k for k in mine if k not in RESUME_FREE_KEYS and saved.get(k) != mine[k]]
+        if diff:
+            k = diff[0]
+            raise UserError(
+                f"cannot resume {self.out}: it was started with {k}={saved.get(k)!r}, not {mine[k]!r}; "
+                "use the same options or another --out"
+            )
+        if state["dataset"]["fingerprint"] != self.dataset.fingerprint:
+            raise UserError(f"cannot resume {self.out}: it was trained on other data (fingerprint differs)")
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch = int(state["epoch"])
+        self.history = [dict(h) for h in state["history"]]
+
+    def _checkpoint(self, epoch: int, final: bool) -> dict[str, Any]:
+        ckpt = {
+            "model": self.model_spec,
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "dataset": {
+                "name": self.dataset.name,
+                "fingerprint": self.dataset.fingerprint,
+                "num_classes": self.dataset.num_classes,
+                "classes": list(self.dataset.classes),
+                "image_shape": list(self.dataset.image_shape),
+                "view_policy": self.policy.to_json(),
+            },
+            "normalization": {"mean": self.mean_list, "std": self.std_list},
+            "config": self.config.to_dict(),
+            "generation": self.targets.generation + 1 if self.targets else 0,
+            "teacher": self.targets.lineage() if self.targets else None,
+            "epoch": epoch,
+            "history": self.history,
+            "metrics": self.history[-1] if self.history else {},
+        }
+        if not final:
+            ckpt["optimizer"] = self.optimizer.state_dict()
+        return ckpt
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self._build()
+        self._restore()
+        c, dev = self.config, self.device
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._rewrite_metrics()
+        train_x = self.dataset.train_images.to(dev)
+        train_y = self.dataset.train_labels.to(dev)
+        mean = torch.tensor(self.mean_list, device=dev)
+        std = torch.tensor(self.std_list, device=dev)
+        n = train_x.shape[0]
+        steps = max(1, math.ceil(n / c.batch_size))
+        with make_progress(self.show_progress) as progress:
+            task = progress.add_task(f"train {c.model}", total=c.epochs, completed=self.start_epoch, info="")
+            for epoch in range(self.start_epoch, c.epochs):
+                t0 = time.perf_counter()
+                torch.manual_seed(_epoch_seed(c.seed, epoch, 1))  # dropout and anything else stochastic
+                gen = torch.Generator().manual_seed(_epoch_seed(c.seed, epoch, 2))
+                perm = torch.randperm(n, generator=gen).to(dev)
+                if self.targets is not None:
+                    params = self.targets.epoch_params(epoch)
+                else:
+                    params = self.policy.params(c.seed, 1_000_000 + epoch, np.arange(n)).to(dev)
+                self.model.train()
+                loss_sum = torch.zeros((), device=dev)
+                correct = torch.zeros((), device=dev, dtype=torch.long)
+                seen = 0
+                for step in range(steps):
+                    idx = perm[step * c.batch_size : (step + 1) * c.batch_size]
+                    if idx.numel() < 2 and step > 0:  # BatchNorm cannot train on one sample
+                        continue
+                    lr = learning_rate(c, epoch, step, steps)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    x = normalize(self.policy.apply(train_x[idx], params[idx]), mean, std)
+                    y = train_y[idx]
+                    teacher = self.targets.batch_logits(epoch, idx) if self.targets is not None else None
+                    with autocast(dev):
+                        logits = self.model(x)
+                    loss = self.loss_fn(logits.float(), y, teacher)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    loss_sum += loss.detach() * idx.numel()
+                    correct += (logits.detach().argmax(1) == y).sum()
+                    seen += idx.numel()
+                train_seconds = time.perf_counter() - t0
+                record = {
+                    "epoch": epoch + 1,
+                    "lr": learning_rate(c, epoch, 0, steps),
+                    "loss": loss_sum.item() / max(seen, 1),
+                    "train_accuracy": correct.item() / max(seen, 1),
+                }
+                record.update(self._evaluate(mean, std))
+                record["seconds"] = time.perf_counter() - t0
+                record["images_per_s"] = seen / train_seconds if train_seconds > 0 else 0.0
+                self.history.append(record)
+                save_checkpoint(self._checkpoint(epoch + 1, final=False), self.out / LAST_FILE)
+                with open(self.out / METRICS_FILE, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                progress.update(
+                    task, advance=1, info=f"loss {record['loss']:.3f} test acc {record['test_accuracy']:.3f}"
+                )
+        save_checkpoint(self._checkpoint(c.epochs, final=True), self.out / MODEL_FILE)
+        return self.result()
+
+    def _evaluate(self, mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
+        ds = self.dataset
+        logits = predict_logits(self.model, ds.test_images, mean, std, device=self.device, batch_size=1024)
+        acc, nll = accuracy_and_nll(logits, ds.test_labels)
+        out = {"test_accuracy": acc, "test_loss": nll}
+        if ds.val_images is not None:
+            vlogits = predict_logits(self.model, ds.val_images, mean, std, device=self.device, batch_size=1024)
+            out["val_accuracy"], out["val_loss"] = accuracy_and_nll(vlogits, ds.val_labels)
+        return out
+
+    def _rewrite_metrics(self) -> None:
+        """metrics.jsonl holds exactly the epochs in the checkpoint (a crash may have left more)."""
+        with open(self.out / METRICS_FILE, "w") as f:
+            for record in self.history:
+                f.write(json.dumps(record) + "\n")
+
+    def result(self) -> dict[str, Any]:
+        last = self.history[-1]
+        res = {
+            "model": self.config.model,
+            "dataset": self.dataset.name,
+            "epochs": self.config.epochs,
+            "test_accuracy": last["test_accuracy"],
+            "test_loss": last["test_loss"],
+            "train_accuracy": last["train_accuracy"],
+            "checkpoint": str(self.out / MODEL_FILE),
+            "parameters": count_parameters(self.model),
+            "generation": self.targets.generation + 1 if self.targets else 0,
+            "device": str(self.device),
+            "seconds": sum(h["seconds"] for h in self.history),
+        }
+        if "val_accuracy" in last:
+            res["val_accuracy"] = last["val_accuracy"]
+        if self.targets is not None:
+            res["teacher"] = self.targets.lineage()
+        return res
+
+
+def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train one generation into ``out`` and return its summary (see README for the files)."""
+    run = TrainRun(config, out, resume=resume, progress=progress)
+    if resume and (run.out / MODEL_FILE).exists() and not (run.out / LAST_FILE).exists():
+        raise UserError(f"{run.out} holds a finished run without resume state; choose another --out")
+    if resume and (run.out / MODEL_FILE).exists():
+        state = load_checkpoint(run.out / LAST_FILE)
+        if int(state["epoch"]) >= config.epochs:  # already finished: report it, do not retrain
+            run._build()
+            run._restore()
+            return run.result()
+    return run.run()

@@ -1,0 +1,1 @@
+"""The HDF5 soft-target store (imported as ``bandistill.cache``)."""

@@ -1,0 +1,1 @@
+"""The `bandistill` command line: one module per stage; parsing and printing only."""

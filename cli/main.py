@@ -1,0 +1,59 @@
+"""The ``bandistill`` command group: turns user errors into one line and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from bandistill import __version__
+from bandistill.errors import UserError, VerificationError
+
+
+class BandistillGroup(click.Group):
+    """A click group whose commands report :class:`UserError` as one line, exit 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except VerificationError as exc:
+            click.echo(f"failed: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted; run the same command again to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=BandistillGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bandistill")
+def cli() -> None:
+    """Born-Again Neural Networks, offline: train, cache soft targets, distil, export, ensemble."""
+
+
+def _register() -> None:
+    from bandistill.cli import models, train
+
+    for module in (models, train):
+        cli.add_command(module.command)
+    for optional in ("dump", "verify", "export", "ensemble", "ban", "report"):
+        try:
+            module = __import__(f"bandistill.cli.{optional}", fromlist=["command"])
+        except ModuleNotFoundError as exc:
+            if exc.name != f"bandistill.cli.{optional}":
+                raise
+            continue
+        cli.add_command(module.command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="bandistill")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""``bandistill train``: generation 0 on labels, or a student from cached teacher logits."""
+
+from __future__ import annotations
+
+import click
+
+from bandistill.cli.output import print_json, print_mapping
+from bandistill.train import TrainConfig, train
+
+LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
+
+
+@click.command("train")
+@click.option("--model", required=True, help="Architecture, e.g. resnet-20, densenet-bc-100-12, wrn-28-10.")
+@click.option("--dataset", required=True, help="cifar10, cifar100, imagefolder or digits.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where the dataset lives.")
+@click.option("--download", is_flag=True, help="Let torchvision download CIFAR (needs network).")
+@click.option("--epochs", type=int, default=200, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--weight-decay", type=float, default=None, help="Default: 1e-4 DenseNet/ResNet, 5e-4 Wide-ResNet.")
+@click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--val-split", type=float, default=0.0, help="Fraction of train held out for validation.")
+@click.option("--memory-efficient", is_flag=True, help="DenseNet: recompute concatenations to save memory.")
+@click.option("--dropout", type=float, default=0.0, help="Wide-ResNet dropout rate.")
+@click.option("--teacher-logits", type=click.Path(dir_okay=False), default=None,
+              help="Cache from 'bandistill dump-logits': train a student against it.")
+@click.option("--loss", type=click.Choice(LOSSES), default="ban+l", show_default=True, help="Student loss.")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature (kd).")
+@click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the soft term (kd).")
+@click.option("--cache-memory-gb", type=float, default=4.0, show_default=True,
+              help="Read the cache into memory when it fits this budget, else stream one view at a time.")
+@click.option("--out", required=True, type=click.Path(), help="Run folder to write.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def command(**opts) -> None:
+    """Train a model: on labels, or (with --teacher-logits) born-again from a teacher's cache."""
+    out, resume, as_json = opts.pop("out"), opts.pop("resume"), opts.pop("as_json")
+    opts["cache_memory_budget_gb"] = opts.pop("cache_memory_gb")
+    if not opts["teacher_logits"]:
+        opts["loss"] = "ce"
+    result = train(TrainConfig(**opts), out, resume=resume)
+    if as_json:
+        print_json(result)
+    else:
+        print_mapping(f"trained {result['model']} on {result['dataset']}", {
+            k: result[k] for k in ("generation", "epochs", "test_accuracy", "test_loss", "train_accuracy",
+                                   "parameters", "seconds", "device", "checkpoint") if k in result
+        })
