@@ -142,32 +142,71 @@ def _load_digits() -> ImageDataset:
     )
 
 
+#: torchvision's on-disk CIFAR layout: folder, train files, test file, meta file, label key, names key.
+CIFAR_LAYOUT = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                "batches.meta", "labels", "label_names"),
+    "cifar100": ("cifar-100-python", ["train"], "test", "meta", "fine_labels", "fine_label_names"),
+}
+
+
 def _load_cifar(key: str, data_dir: str | os.PathLike | None, download: bool) -> ImageDataset:
-    from torchvision import datasets
+    """Read torchvision's CIFAR pickles from ``data_dir/<folder>/`` (downloading them if asked).
 
+    The files are read directly rather than through ``torchvision.datasets.CIFAR*`` so that
+    a missing or damaged file gets a message naming it (torchvision only says "not found
+    or corrupted").
+    """
     root = Path(data_dir or "data").expanduser()
-    cls = datasets.CIFAR10 if key == "cifar10" else datasets.CIFAR100
-    folder = root / cls.base_folder
+    folder_name, train_files, test_file, meta_file, label_key, names_key = CIFAR_LAYOUT[key]
+    folder = root / folder_name
+    if download and not folder.is_dir():
+        from torchvision import datasets
+
+        cls = datasets.CIFAR10 if key == "cifar10" else datasets.CIFAR100
+        try:
+            cls(str(root), train=True, download=True)
+        except Exception as exc:  # network errors come in many types
+            raise UserError(f"could not download {key} into {root} ({type(exc).__name__}: {exc})") from None
+    if not folder.is_dir():
+        raise UserError(
+            f"{key} not found: expected torchvision's files in {folder}; pass --data-dir to the folder that "
+            f"holds {folder_name}/, or add --download on a machine with network"
+        )
+
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        batch = _read_pickle(folder / name)
+        try:
+            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(batch[label_key], dtype=np.int64)
+        except (KeyError, ValueError) as exc:
+            raise UserError(f"{folder / name} is not a {key} batch ({exc}); download {key} again") from None
+        return data, labels
+
+    parts = [read(f) for f in train_files]
+    tx = np.concatenate([p[0] for p in parts])
+    ty = np.concatenate([p[1] for p in parts])
+    vx, vy = read(test_file)
+    classes = [str(c) for c in _read_pickle(folder / meta_file).get(names_key, [])]
+    n_classes = 10 if key == "cifar10" else 100
+    if len(classes) != n_classes:
+        classes = [str(i) for i in range(n_classes)]
+    return ImageDataset(
+        key, torch.from_numpy(tx), torch.from_numpy(ty), torch.from_numpy(vx), torch.from_numpy(vy),
+        classes, ViewPolicy(pad=4, flip=True),
+    )
+
+
+def _read_pickle(path: Path) -> dict:
+    import pickle
+
+    if not path.is_file():
+        raise UserError(f"{path} is missing: the CIFAR folder is incomplete; download it again (--download)")
     try:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
-    except RuntimeError as exc:
-        if "not found" in str(exc).lower() or "corrupted" in str(exc).lower():
-            raise UserError(
-                f"{key} not found or corrupted: expected torchvision's files in {folder}; "
-                f"pass --data-dir to the folder that holds {cls.base_folder}/, or --download on a machine with network"
-            ) from None
-        raise
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{key} under {root} could not be read ({exc}); download it again with --download") from None
-
-    def to_tensor(ds) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-        return x, torch.as_tensor(ds.targets, dtype=torch.int64)
-
-    tx, ty = to_tensor(train)
-    vx, vy = to_tensor(test)
-    return ImageDataset(key, tx, ty, vx, vy, list(train.classes), ViewPolicy(pad=4, flip=True))
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except Exception as exc:  # truncated or not a pickle
+        raise UserError(f"{path} is damaged ({type(exc).__name__}); delete the folder and download it again") from None
 
 
 def _load_imagefolder(data_dir: str | os.PathLike | None) -> ImageDataset:

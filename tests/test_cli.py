@@ -1,0 +1,83 @@
+"""The command line: results on stdout, and every user mistake as one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bandistill.cli.main import cli
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_train_json(tmp_path):
+    result = run("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "1", "--out",
+                 str(tmp_path / "r"), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    for key in ("model", "dataset", "epochs", "test_accuracy", "test_loss", "checkpoint"):
+        assert key in data
+    assert (tmp_path / "r" / "model.pt").exists()
+
+
+def test_models_json_lists_parameter_counts():
+    result = run("models", "--num-classes", "100", "--json")
+    assert result.exit_code == 0, result.output
+    models = {m["name"]: m["parameters"] for m in json.loads(result.stdout)["models"]}
+    assert models["densenet-bc-100-12"] == pytest.approx(0.80e6, rel=0.01)
+    assert models["wrn-28-10"] == pytest.approx(36.5e6, rel=0.01)
+
+
+def test_unknown_model_names_the_closest(tmp_path):
+    result = run("train", "--model", "resnet-21", "--dataset", "digits", "--out", str(tmp_path / "r"))
+    assert_one_line_error(result, "resnet-21", "resnet-20")
+
+
+def test_unknown_dataset(tmp_path):
+    assert_one_line_error(run("train", "--model", "resnet-20", "--dataset", "cifar11", "--out", str(tmp_path / "r")),
+                          "cifar11", "cifar10")
+
+
+def test_missing_data_folder(tmp_path):
+    result = run("train", "--model", "resnet-20", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nothing"),
+                 "--out", str(tmp_path / "r"))
+    assert_one_line_error(result, "cifar-10-batches-py", "--download")
+    assert not (tmp_path / "r").exists()
+
+
+def test_out_holding_another_run(digits_gen0):
+    out = digits_gen0["checkpoint"].rsplit("/", 1)[0]
+    result = run("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "2", "--out", out)
+    assert_one_line_error(result, "already holds a run", "--resume")
+
+
+@pytest.mark.parametrize("epochs", ["0", "-3"])
+def test_non_positive_epochs(tmp_path, epochs):
+    result = run("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", epochs, "--out", str(tmp_path / "r"))
+    assert_one_line_error(result, "--epochs must be a positive")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu(tmp_path):
+    result = run("train", "--model", "resnet-20", "--dataset", "digits", "--device", "cuda", "--out", str(tmp_path / "r"))
+    assert_one_line_error(result, "no", "GPU", "--device cpu")
+
+
+def test_console_script_and_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "bandistill.cli.main", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "bandistill" in out.stdout

@@ -1,0 +1,89 @@
+"""Datasets from their real on-disk formats, fingerprints and clear refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bandistill.data import load_dataset
+from bandistill.errors import UserError
+from conftest import write_cifar, write_imagefolder
+
+
+def test_digits_is_a_fixed_split_with_a_stable_fingerprint():
+    a, b = load_dataset("digits"), load_dataset("DIGITS")
+    assert a.train_images.shape == (1438, 1, 8, 8) and a.test_images.shape == (359, 1, 8, 8)
+    assert a.train_images.dtype == torch.uint8 and a.num_classes == 10
+    assert a.fingerprint == b.fingerprint and len(a.fingerprint) == 16
+    assert int(a.train_images.max()) == 255
+
+
+def test_cifar10_from_torchvision_pickles(cifar10_dir):
+    ds = load_dataset("cifar10", cifar10_dir)
+    assert ds.train_images.shape == (50, 3, 32, 32) and ds.test_images.shape == (20, 3, 32, 32)
+    assert ds.classes[0] == "class0" and ds.num_classes == 10
+    assert ds.view_policy.pad == 4 and ds.view_policy.flip
+
+
+def test_cifar100_from_torchvision_pickles(cifar100_dir):
+    ds = load_dataset("cifar100", cifar100_dir)
+    assert ds.num_classes == 100 and ds.train_images.shape == (40, 3, 32, 32)
+
+
+def test_fingerprint_changes_with_one_label(tmp_path):
+    a = load_dataset("cifar10", write_cifar(tmp_path / "a"))
+    b_root = write_cifar(tmp_path / "b")
+    import pickle
+
+    path = b_root / "cifar-10-batches-py" / "data_batch_3"
+    batch = pickle.loads(path.read_bytes())
+    batch["labels"][0] = (batch["labels"][0] + 1) % 10
+    path.write_bytes(pickle.dumps(batch))
+    assert load_dataset("cifar10", b_root).fingerprint != a.fingerprint
+
+
+def test_missing_cifar_names_the_folder(tmp_path):
+    with pytest.raises(UserError, match=r"cifar-10-batches-py.*--data-dir"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_damaged_cifar_file_is_named(cifar10_dir):
+    path = cifar10_dir / "cifar-10-batches-py" / "data_batch_2"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(UserError, match="data_batch_2 is damaged"):
+        load_dataset("cifar10", cifar10_dir)
+
+
+def test_imagefolder_with_test_or_val(tmp_path):
+    ds = load_dataset("imagefolder", write_imagefolder(tmp_path / "t"))
+    assert ds.classes == ["cat", "dog", "emu"] and ds.train_images.shape == (12, 3, 12, 12)
+    assert ds.test_images.shape[0] == 6
+    val = load_dataset("imagefolder", write_imagefolder(tmp_path / "v", test_name="val"))
+    assert val.fingerprint == ds.fingerprint
+
+
+def test_imagefolder_refusals(tmp_path):
+    with pytest.raises(UserError, match="needs --data-dir"):
+        load_dataset("imagefolder", None)
+    with pytest.raises(UserError, match="not an ImageFolder tree"):
+        load_dataset("imagefolder", tmp_path)
+    root = write_imagefolder(tmp_path / "bad")
+    (root / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="broken.png"):
+        load_dataset("imagefolder", root)
+
+
+def test_unknown_dataset_suggests_the_closest():
+    with pytest.raises(UserError, match="did you mean cifar100"):
+        load_dataset("cifar-100")
+
+
+def test_val_split_is_fixed_and_changes_the_fingerprint():
+    full = load_dataset("digits")
+    a, b = load_dataset("digits", val_split=0.1), load_dataset("digits", val_split=0.1)
+    assert a.val_images.shape[0] == 144 and a.num_train == full.num_train - 144
+    assert torch.equal(a.val_labels, b.val_labels) and a.fingerprint == b.fingerprint != full.fingerprint
+    with pytest.raises(UserError, match="--val-split"):
+        load_dataset("digits", val_split=1.5)

@@ -1,0 +1,112 @@
+"""Real training runs on tiny data: files written, exact resume, schedules, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import bandistill.train as train_module
+from bandistill.checkpoint import load_checkpoint, model_from_checkpoint
+from bandistill.errors import UserError
+from bandistill.train import TrainConfig, learning_rate, train
+
+
+def test_a_short_run_learns_and_writes_its_files(digits_gen0, tmp_path):
+    res = digits_gen0
+    assert res["test_accuracy"] > 0.5 and res["generation"] == 0  # chance is 0.1
+    out = res["checkpoint"].rsplit("/", 1)[0]
+    lines = [json.loads(line) for line in open(f"{out}/metrics.jsonl")]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    for key in ("loss", "train_accuracy", "test_accuracy", "test_loss", "lr", "seconds", "images_per_s"):
+        assert key in lines[0]
+    ckpt = load_checkpoint(res["checkpoint"])
+    assert ckpt["model"]["name"] == "resnet-20" and ckpt["dataset"]["name"] == "digits"
+    assert ckpt["metrics"]["test_accuracy"] == res["test_accuracy"]
+    assert "optimizer" not in ckpt  # the final file is weights, not training state
+    model = model_from_checkpoint(ckpt)
+    assert not model.training
+
+
+def test_resume_after_a_crash_ends_with_the_same_metrics(tmp_path, monkeypatch):
+    config = dict(model="resnet-20", dataset="digits", epochs=3, seed=3, device="cpu", batch_size=256)
+    whole = train(TrainConfig(**config), tmp_path / "a", progress=False)
+
+    real_save, calls = train_module.save_checkpoint, []
+
+    def crash_after_second_epoch(obj, path):
+        real_save(obj, path)
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", crash_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**config), tmp_path / "b", progress=False)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    assert not (tmp_path / "b" / "model.pt").exists()
+
+    resumed = train(TrainConfig(**config), tmp_path / "b", resume=True, progress=False)
+    assert resumed["test_accuracy"] == whole["test_accuracy"] and resumed["test_loss"] == whole["test_loss"]
+    a = [json.loads(x) for x in open(tmp_path / "a" / "metrics.jsonl")]
+    b = [json.loads(x) for x in open(tmp_path / "b" / "metrics.jsonl")]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    wa = load_checkpoint(tmp_path / "a" / "model.pt")["state_dict"]
+    wb = load_checkpoint(tmp_path / "b" / "model.pt")["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_refuses_other_settings(digits_gen0):
+    out = digits_gen0["checkpoint"].rsplit("/", 1)[0]
+    with pytest.raises(UserError, match="lr=0.1, not 0.05"):
+        train(TrainConfig(model="resnet-20", dataset="digits", epochs=2, lr=0.05), out, resume=True, progress=False)
+
+
+def test_resume_of_a_finished_run_does_not_retrain(digits_gen0):
+    out = digits_gen0["checkpoint"].rsplit("/", 1)[0]
+    before = load_checkpoint(f"{out}/model.pt")["state_dict"]
+    res = train(TrainConfig(model="resnet-20", dataset="digits", epochs=2, seed=0, device="cpu"), out,
+                resume=True, progress=False)
+    assert res["test_accuracy"] == digits_gen0["test_accuracy"]
+    after = load_checkpoint(f"{out}/model.pt")["state_dict"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_out_holding_a_run_is_refused_without_resume(digits_gen0):
+    out = digits_gen0["checkpoint"].rsplit("/", 1)[0]
+    with pytest.raises(UserError, match="already holds a run; pass --resume"):
+        train(TrainConfig(model="resnet-20", dataset="digits", epochs=2), out, progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(epochs=0), "--epochs must be a positive"),
+        (dict(batch_size=-1), "--batch-size"),
+        (dict(model="resnet-21"), "resnet-21"),
+        (dict(schedule="linear"), "--schedule"),
+    ],
+)
+def test_bad_config_is_refused(kwargs, message, tmp_path):
+    config = dict(model="resnet-20", dataset="digits", epochs=1) | kwargs
+    with pytest.raises(UserError, match=message):
+        train(TrainConfig(**config), tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_step_schedule_follows_wide_resnet():
+    c = TrainConfig(model="wrn-16-2", dataset="digits", epochs=200).validate()
+    lrs = [learning_rate(c, e, 0, 10) for e in (0, 59, 60, 119, 120, 160, 199)]
+    assert lrs == pytest.approx([0.1, 0.1, 0.02, 0.02, 0.004, 0.0008, 0.0008])
+    assert c.weight_decay == 5e-4
+    cos = TrainConfig(model="resnet-20", dataset="digits", epochs=10, schedule="cosine").validate()
+    assert learning_rate(cos, 0, 0, 10) == pytest.approx(0.1) and learning_rate(cos, 5, 0, 10) == pytest.approx(0.05)
+
+
+def test_trains_on_cifar_pickles_and_imagefolder(cifar10_dir, imagefolder_dir, tmp_path):
+    r1 = train(TrainConfig(model="resnet-20", dataset="cifar10", data_dir=str(cifar10_dir), epochs=1,
+                           batch_size=16), tmp_path / "c", progress=False)
+    r2 = train(TrainConfig(model="wrn-10-1", dataset="imagefolder", data_dir=str(imagefolder_dir), epochs=1,
+                           batch_size=4, val_split=0.25), tmp_path / "i", progress=False)
+    assert 0.0 <= r1["test_accuracy"] <= 1.0 and "val_accuracy" in r2
