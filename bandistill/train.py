@@ -66,6 +66,8 @@ class TrainConfig:
     temperature: float = 1.0
     alpha: float = 0.5
     cache_memory_budget_gb: float = 4.0
+    # cross-architecture students: copy (and freeze) the teacher's stem and classifier from its checkpoint
+    transfer_ends_from: str | None = None
 
     def validate(self) -> "TrainConfig":
         """Normalise and check the values; raise :class:`UserError` on bad ones."""
@@ -170,9 +172,14 @@ class TrainRun:
         }
         torch.manual_seed(_epoch_seed(c.seed, 0, 7))
         self.model = build_model(c.model, self.dataset.num_classes, self.dataset.in_channels, **options)
+        self.transferred: list[str] = []
+        if c.transfer_ends_from:
+            from bandistill.transfer import transfer_ends
+
+            self.transferred = transfer_ends(self.model, c.transfer_ends_from)
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
         decay, no_decay = [], []
-        for p in self.model.parameters():
+        for p in (p for p in self.model.parameters() if p.requires_grad):
             (no_decay if p.ndim <= 1 else decay).append(p)
         self.optimizer = torch.optim.SGD(
             [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -222,6 +229,7 @@ class TrainRun:
             "generation": self.targets.generation + 1 if self.targets else 0,
             "teacher": self.targets.lineage() if self.targets else None,
             "epoch": epoch,
+            "transferred": self.transferred,
             "history": self.history,
             "metrics": self.history[-1] if self.history else {},
         }
@@ -329,6 +337,8 @@ class TrainRun:
         }
         if "val_accuracy" in last:
             res["val_accuracy"] = last["val_accuracy"]
+        if self.transferred:
+            res["transferred"] = self.transferred
         if self.targets is not None:
             res["teacher"] = self.targets.lineage()
         return res

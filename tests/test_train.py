@@ -110,3 +110,20 @@ def test_trains_on_cifar_pickles_and_imagefolder(cifar10_dir, imagefolder_dir, t
     r2 = train(TrainConfig(model="wrn-10-1", dataset="imagefolder", data_dir=str(imagefolder_dir), epochs=1,
                            batch_size=4, val_split=0.25), tmp_path / "i", progress=False)
     assert 0.0 <= r1["test_accuracy"] <= 1.0 and "val_accuracy" in r2
+
+
+def test_transfer_ends_copies_and_freezes_matching_layers(digits_gen0, tmp_path):
+    teacher = load_checkpoint(digits_gen0["checkpoint"])["state_dict"]
+    res = train(TrainConfig(model="resnet-32", dataset="digits", epochs=1, transfer_ends_from=digits_gen0["checkpoint"]),
+                tmp_path / "s", progress=False)
+    assert res["transferred"] == ["stem", "classifier"]
+    student = load_checkpoint(res["checkpoint"])["state_dict"]
+    for key in ("stem.weight", "classifier.weight", "classifier.bias"):
+        assert torch.equal(student[key], teacher[key]), key  # copied, then frozen through training
+    assert not torch.equal(student["bn1.weight"], teacher["bn1.weight"])
+    partial = train(TrainConfig(model="wrn-16-2", dataset="digits", epochs=1,
+                                transfer_ends_from=digits_gen0["checkpoint"]), tmp_path / "w", progress=False)
+    assert partial["transferred"] == ["stem"]  # 128 features vs the teacher's 64: classifier not copyable
+    with pytest.raises(UserError, match="shapes differ"):
+        train(TrainConfig(model="densenet-bc-10-4", dataset="digits", epochs=1,
+                          transfer_ends_from=digits_gen0["checkpoint"]), tmp_path / "d", progress=False)
