@@ -1,0 +1,115 @@
+"""Manifest and stage logic of `bandistill ban`: skip, resume, invalidate (no long training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bandistill.manifest import Manifest
+from bandistill.pipeline import BanOptions, Chain
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_done_stage_is_skipped_only_with_the_same_signature_and_outputs(tmp_path):
+    m = Manifest(tmp_path)
+    out = write(tmp_path / "a.txt", "x")
+    m.start("s", {"epochs": 2})
+    assert not m.is_done("s", {"epochs": 2})  # running is not done
+    m.finish("s", {"epochs": 2}, [out], result={"ok": 1})
+    reread = Manifest(tmp_path)
+    assert reread.is_done("s", {"epochs": 2}) and reread.result("s") == {"ok": 1}
+    assert not reread.is_done("s", {"epochs": 3})
+    assert reread.changes("s", {"epochs": 3}) == ["epochs 2 -> 3"]
+    out.write_text("longer")  # damaged or replaced output
+    assert not reread.is_done("s", {"epochs": 2})
+    out.unlink()
+    assert not reread.is_done("s", {"epochs": 2})
+
+
+def test_digest_changes_with_content(tmp_path):
+    m = Manifest(tmp_path)
+    out = write(tmp_path / "a.txt", "one")
+    m.finish("s", {}, [out])
+    first = m.digest("s", out)
+    write(out, "two")
+    m.finish("s", {}, [out])
+    assert m.digest("s", out) != first
+
+
+def test_unreadable_manifest_means_nothing_is_done(tmp_path):
+    write(tmp_path / "manifest.json", "{not json")
+    assert Manifest(tmp_path).stages == {}
+
+
+class Recorder:
+    """A stand-in stage action that writes its output and counts its runs."""
+
+    def __init__(self, path: Path):
+        self.path, self.runs = path, 0
+
+    def __call__(self):
+        self.runs += 1
+        write(self.path, f"run {self.runs}")
+        return {"runs": self.runs}
+
+
+def make_chain(root: Path, messages: list[str]) -> Chain:
+    return Chain(BanOptions(model="resnet-20", dataset="digits"), root, 0, messages.append, progress=False)
+
+
+def test_stage_skip_resume_and_invalidate(tmp_path):
+    messages: list[str] = []
+    chain = make_chain(tmp_path, messages)
+    action = Recorder(tmp_path / "gen0" / "model.pt")
+    sig = {"epochs": 2}
+    chain.stage("gen0.train", sig, [action.path], action, cleanup=[tmp_path / "gen0"])
+    chain.stage("gen0.train", sig, [action.path], action, cleanup=[tmp_path / "gen0"])
+    assert action.runs == 1 and "skipped" in messages[-1]
+
+    # a new invocation (new Chain) sees the same manifest
+    again = make_chain(tmp_path, messages)
+    again.stage("gen0.train", sig, [action.path], action, cleanup=[tmp_path / "gen0"])
+    assert action.runs == 1 and again.trained == []
+
+    # an option that shapes the output changed: its old output is removed and it runs again
+    stale = write(tmp_path / "gen0" / "last.pt", "old state")
+    again.stage("gen0.train", {"epochs": 3}, [action.path], action, cleanup=[tmp_path / "gen0"])
+    assert action.runs == 2 and not stale.exists()
+    assert "epochs 2 -> 3" in messages[-1] and "re-running" in messages[-1]
+
+
+def test_interrupted_stage_is_resumed_not_cleaned(tmp_path):
+    messages: list[str] = []
+    chain = make_chain(tmp_path, messages)
+    partial = write(tmp_path / "gen1" / "last.pt", "epoch 3 of 5")
+
+    def crash():
+        raise KeyboardInterrupt
+
+    try:
+        chain.stage("gen1.train", {"epochs": 5}, [tmp_path / "gen1" / "model.pt"], crash, cleanup=[tmp_path / "gen1"])
+    except KeyboardInterrupt:
+        pass
+    assert json.loads((tmp_path / "manifest.json").read_text())["stages"]["gen1.train"]["status"] == "running"
+    action = Recorder(tmp_path / "gen1" / "model.pt")
+    make_chain(tmp_path, messages).stage("gen1.train", {"epochs": 5}, [action.path], action, cleanup=[tmp_path / "gen1"])
+    assert partial.exists() and action.runs == 1  # the resume state was kept for the stage to use
+    assert "resuming" in messages[-1]
+
+
+def test_downstream_signature_follows_upstream_digest(tmp_path):
+    messages: list[str] = []
+    chain = make_chain(tmp_path, messages)
+    teacher = Recorder(tmp_path / "gen0" / "model.pt")
+    dump = Recorder(tmp_path / "cache" / "gen0.h5")
+    for epochs in (2, 2, 3):
+        chain.stage("gen0.train", {"epochs": epochs}, [teacher.path], teacher, cleanup=[tmp_path / "gen0"])
+        sig = {"teacher": chain.manifest.digest("gen0.train", teacher.path)}
+        chain.stage("gen0.dump", sig, [dump.path], dump, cleanup=[dump.path])
+    assert teacher.runs == 2 and dump.runs == 2  # the retrained teacher invalidated its cache
+    assert "teacher" in messages[-1]
