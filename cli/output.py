@@ -33,3 +33,24 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4f}"
     return "" if v is None else str(v)
+
+
+def print_report_table(rows: Sequence[dict[str, Any]]) -> None:
+    """The paper's Table 2 layout: test error % per generation and ensemble (NLL, ECE below each)."""
+    from bandistill.report import noise_note
+
+    columns = rows[0]["columns"]
+    table = Table(title="test error % (NLL / ECE)")
+    table.add_column("network")
+    table.add_column("params", justify="right")
+    for col in columns:
+        table.add_column(col, justify="right")
+    for row in rows:
+        cells = []
+        for col in columns:
+            c = row["cells"][col]
+            err = f"{c['error']['mean']:.2f}" + (f" ± {c['error']['std']:.2f}" if c["error"]["std"] is not None else "")
+            cells.append(f"{err}\n{c['nll']['mean']:.3f} / {c['ece']['mean']:.3f}")
+        table.add_row(row["network"], f"{row['parameters'] / 1e6:.2f}M", *cells)
+    stdout_console.print(table)
+    stdout_console.print(noise_note(rows[0]))

@@ -1,0 +1,44 @@
+"""``bandistill ban``: the whole born-again experiment in one resumable command."""
+
+from __future__ import annotations
+
+import click
+
+from bandistill.cli.output import print_json, print_report_table
+from bandistill.cli.train import LOSSES
+from bandistill.pipeline import BanOptions, run_ban
+from bandistill.progress import stderr_console
+
+
+@click.command("ban")
+@click.option("--model", required=True, help="Teacher (generation 0) architecture, e.g. densenet-bc-90-60.")
+@click.option("--student-model", default=None, help="Architecture of generations 1..N (default: --model).")
+@click.option("--transfer-ends", is_flag=True,
+              help="Copy the teacher's first and last layers into the students and freeze them (paper Table 5).")
+@click.option("--dataset", required=True, help="cifar10, cifar100, imagefolder or digits.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--generations", type=int, default=3, show_default=True, help="Born-again generations after gen0.")
+@click.option("--views", type=int, default=4, show_default=True, help="Augmented views cached per sample.")
+@click.option("--epochs", type=int, default=200, show_default=True, help="Epochs per generation.")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--weight-decay", type=float, default=None)
+@click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True)
+@click.option("--loss", type=click.Choice(LOSSES), default="ban+l", show_default=True)
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--alpha", type=float, default=0.5, show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--repeats", type=int, default=1, show_default=True, help="Independent seeds of the whole chain.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--opset", type=int, default=None, help="ONNX opset of the exported generations.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Experiment folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
+def command(out: str, as_json: bool, **opts) -> None:
+    """Train gen0, then N born-again generations from cached logits; export, ensemble, report."""
+    result = run_ban(BanOptions(**opts), out, log=lambda msg: stderr_console.print(f"[dim]{msg}[/dim]"))
+    if as_json:
+        print_json({k: result[k] for k in ("out", "stages_run", "rows", "files")})
+    else:
+        print_report_table(result["rows"])
+        click.echo(f"report: {result['files']['report.md']}")
