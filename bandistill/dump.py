@@ -1,0 +1,337 @@
+"""Paying for the teacher once: its logits on K augmented views of every training sample.
+
+View ``v`` of sample ``i`` is ``policy.params(seed, v, i)`` (a pure function, see
+:mod:`bandistill.views`); the dump runs the teacher (eval mode) on exactly those images and
+stores the logits and the parameters side by side, so a student can rebuild the image
+bit for bit and read the matching logits without the teacher. It also stores the
+teacher's logits on the clean test split.
+
+Resuming: the dump writes ``<out>.partial``, marking each view complete once it is
+flushed. Run again with the same settings, it skips the complete views and finishes the
+file; with other settings it refuses (``overwrite=True`` starts over). Only a complete
+file is renamed to ``<out>``; when ``<out>`` already holds a complete dump with the same
+settings the call does nothing and reports it (so a pipeline can call it unconditionally).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from bandistill.cache import schema
+from bandistill.cache.reader import open_cache
+from bandistill.cache.writer import CacheWriter, read_partial_state
+from bandistill.checkpoint import file_digest, load_checkpoint, model_from_checkpoint
+from bandistill.data import ImageDataset, load_dataset
+from bandistill.device import resolve_device
+from bandistill.errors import UserError
+from bandistill.inference import accuracy_and_nll, predict_logits
+from bandistill.progress import make_progress
+
+#: Largest magnitude float16 holds; a teacher beyond it needs --dtype float32.
+FLOAT16_MAX = 65504.0
+
+
+class DumpInterrupted(RuntimeError):
+    """Raised by the ``stop_after_views`` test hook: stands in for a dump killed midway."""
+
+
+def load_teacher(ckpt: dict[str, Any], device: torch.device) -> torch.nn.Module:
+    """The teacher network of a checkpoint on ``device``, in eval mode, channels_last.
+
+    The same function serves the dump and ``verify-cache`` so both run identical numerics.
+    """
+    model = model_from_checkpoint(ckpt)
+    return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def teacher_dataset(ckpt: dict[str, Any], dataset: str, data_dir: str | None) -> ImageDataset:
+    """Load ``dataset`` with the teacher's validation split, and refuse it unless it is the teacher's data."""
+    val_split = float(ckpt.get("config", {}).get("val_split") or 0.0)
+    ds = load_dataset(dataset, data_dir, val_split=val_split)
+    mine = ckpt["dataset"]
+    if ds.name != mine["name"]:
+        raise UserError(f"the checkpoint was trained on '{mine['name']}', not '{ds.name}'; "
+                        f"pass --dataset {mine['name']} (a teacher's logits on other data teach nothing)")
+    if ds.fingerprint != mine["fingerprint"]:
+        raise UserError(f"the checkpoint was trained on other {ds.name} data (fingerprint {mine['fingerprint']}, "
+                        f"these files {ds.fingerprint}); pass the --data-dir it was trained on")
+    if ds.num_classes != int(mine["num_classes"]):
+        raise UserError(f"the checkpoint has {mine['num_classes']} classes, {ds.name} has {ds.num_classes}")
+    return ds
+
+
+class LogitDump:
+    """One dump, set up (checkpoint and data loaded and checked) but not yet run.
+
+    ``model``, ``dataset`` and ``policy`` are public so tests can watch what the teacher sees.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        dataset: str,
+        out: str | Path,
+        *,
+        views: int,
+        data_dir: str | None = None,
+        seed: int = 0,
+        dtype: str = "float16",
+        batch_size: int = 512,
+        device: str = "auto",
+        overwrite: bool = False,
+        progress: bool = True,
+        log: Callable[[str], None] | None = None,
+    ):
+        if views < 1:
+            raise UserError(f"--views must be a positive integer, got {views}")
+        if batch_size < 1:
+            raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
+        if dtype not in schema.DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(schema.DTYPES)}, got {dtype!r}")
+        self.out = Path(out)
+        if self.out.is_dir():
+            raise UserError(f"--out {self.out} is a folder; pass a file name such as {self.out / 'gen0.h5'}")
+        self.views, self.seed, self.dtype = int(views), int(seed), dtype
+        self.batch_size, self.overwrite, self.show_progress = batch_size, overwrite, progress
+        self.log = log or (lambda msg: None)
+        self.checkpoint = Path(checkpoint)
+        self.ckpt = load_checkpoint(self.checkpoint)
+        self.device = resolve_device(device)
+        self.dataset = teacher_dataset(self.ckpt, dataset, data_dir)
+        self.policy = self.dataset.view_policy
+        if self.policy.to_json() != self.ckpt["dataset"]["view_policy"]:
+            raise UserError(f"the checkpoint's view policy {self.ckpt['dataset']['view_policy']} is not "
+                            f"{self.dataset.name}'s {self.policy.to_json()}; retrain the teacher with this version")
+        self.teacher_digest = file_digest(self.checkpoint)
+        self.model = load_teacher(self.ckpt, self.device)
+        norm = self.ckpt["normalization"]
+        self.mean = torch.tensor(norm["mean"], dtype=torch.float32)
+        self.std = torch.tensor(norm["std"], dtype=torch.float32)
+        self.estimate = schema.storage_bytes(
+            self.views, self.dataset.num_train, self.dataset.num_classes, dtype,
+            self.policy.num_params, int(self.dataset.test_labels.shape[0]),
+        )
+
+    # -- what the file says about itself -------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """The attributes that decide whether an existing (partial) file is this dump."""
+        ds = self.dataset
+        return {
+            "format_version": schema.FORMAT_VERSION,
+            "dataset": ds.name,
+            "dataset_fingerprint": ds.fingerprint,
+            "num_classes": ds.num_classes,
+            "num_samples": ds.num_train,
+            "num_test_samples": int(ds.test_labels.shape[0]),
+            "num_views": self.views,
+            "view_policy": self.policy.to_json(),
+            "seed": self.seed,
+            "dtype": self.dtype,
+            "teacher_digest": self.teacher_digest,
+        }
+
+    def attrs(self) -> dict[str, Any]:
+        from bandistill import __version__
+
+        spec = self.ckpt["model"]
+        return {
+            **self.identity(),
+            "split": "train",
+            "teacher": schema.teacher_attr(
+                spec["name"], self.teacher_digest, int(self.ckpt.get("generation") or 0),
+                str(self.checkpoint.resolve()), self.ckpt.get("teacher"),
+            ),
+            "teacher_model": spec["name"],
+            "normalization": json.dumps(self.ckpt["normalization"]),
+            "classes": json.dumps(list(self.dataset.classes)),
+            "device": self.device.type,
+            "autocast": "bf16" if self.device.type == "cuda" else "none",
+            "batch_size": self.batch_size,
+            "created_by": f"bandistill {__version__}",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    def _differences(self, attrs: dict[str, Any]) -> list[str]:
+        mine = self.identity()
+        return [f"{k}={attrs.get(k)!r}, not {v!r}" for k, v in mine.items() if attrs.get(k) != v]
+
+    def estimate_line(self) -> str:
+        ds, e = self.dataset, self.estimate
+        item = 2 if self.dtype == "float16" else 4
+        return (f"cache size: {ds.num_train} samples x {self.views} views x {ds.num_classes} classes x "
+                f"{item} bytes ({self.dtype}) = {schema.human_bytes(e['logits'])} of logits, "
+                f"{schema.human_bytes(e['total'])} in all")
+
+    # -- the work ------------------------------------------------------------------------
+    def run(self, *, stop_after_views: int | None = None) -> dict[str, Any]:
+        """Write (or finish) the cache and return a summary.
+
+        ``stop_after_views``: raise :class:`DumpInterrupted` after writing that many views
+        in this call (a test hook standing in for a killed process).
+        """
+        t0 = time.perf_counter()
+        if self.out.exists() and not self.overwrite:
+            done = self._existing_final()
+            if done is not None:
+                return done
+        writer = self._open_writer()
+        self.log(self.estimate_line())
+        resumed = writer.views_done()
+        written = 0
+        try:
+            todo = [v for v in range(self.views) if v not in resumed]
+            if resumed:
+                self.log(f"resuming {writer.partial}: {len(resumed)} of {self.views} views already written")
+            ds = self.dataset
+            n = ds.num_train
+            with make_progress(self.show_progress) as progress:
+                task = progress.add_task("dump logits", total=(len(todo) * n) + (0 if writer.test_done else
+                                         int(ds.test_labels.shape[0])), info="")
+                step = lambda k: progress.update(task, advance=k)  # noqa: E731
+                if not writer.test_done:
+                    progress.update(task, info="test split")
+                    test = predict_logits(self.model, ds.test_images, self.mean, self.std, device=self.device,
+                                          batch_size=self.batch_size, on_batch=step)
+                    writer.write_test(self._storable(test, "test split"))
+                for v in todo:
+                    if stop_after_views is not None and written >= stop_after_views:
+                        raise DumpInterrupted(f"stopped after {written} views (test hook)")
+                    progress.update(task, info=f"view {v + 1}/{self.views}")
+                    params = self.policy.params(self.seed, v, np.arange(n))
+                    logits = predict_logits(self.model, ds.train_images, self.mean, self.std, policy=self.policy,
+                                            params=params, device=self.device, batch_size=self.batch_size,
+                                            on_batch=step)
+                    writer.write_view(v, self._storable(logits, f"view {v}"), params.numpy())
+                    written += 1
+            path = writer.finish()
+        finally:
+            writer.close()
+        return self._summary(path, written=written, resumed=len(resumed), seconds=time.perf_counter() - t0)
+
+    def _existing_final(self) -> dict[str, Any] | None:
+        """A complete file with these settings: report it. Anything else: refuse (or None to overwrite)."""
+        try:
+            with open_cache(self.out) as cache:
+                diff = self._differences(cache.info.attrs)
+        except UserError as exc:
+            raise UserError(f"--out {self.out} already exists and is not a complete cache of this dump ({exc}); "
+                            "pass --overwrite to replace it or choose another --out") from None
+        if diff:
+            raise UserError(f"--out {self.out} already holds a dump with other settings ({diff[0]}); "
+                            "pass --overwrite to replace it or choose another --out")
+        self.log(f"{self.out} already holds this dump, complete; nothing to do")
+        return self._summary(self.out, written=0, resumed=self.views, seconds=0.0, already_complete=True)
+
+    def _open_writer(self) -> CacheWriter:
+        state = None if self.overwrite else read_partial_state(self.out)
+        if state is not None and state["readable"]:
+            diff = self._differences(state["attrs"])
+            if not diff:
+                return CacheWriter.reopen(self.out)
+            raise UserError(f"an unfinished dump with other settings ({diff[0]}) is at "
+                            f"{schema.partial_path(str(self.out))}; rerun it with its own options to finish it, "
+                            "or pass --overwrite to start this one")
+        if state is not None:
+            self.log(f"{schema.partial_path(str(self.out))} cannot be read (the dump was killed mid-write); "
+                     "starting it over")
+        self._check_disk_space()
+        ds = self.dataset
+        return CacheWriter.create(
+            self.out, attrs=self.attrs(), num_views=self.views, num_samples=ds.num_train,
+            num_classes=ds.num_classes, num_params=self.policy.num_params, dtype=self.dtype,
+            labels=ds.train_labels.numpy(), test_labels=ds.test_labels.numpy(),
+        )
+
+    def _check_disk_space(self) -> None:
+        folder = self.out.parent if str(self.out.parent) else Path(".")
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+        need = self.estimate["total"]
+        if need > free:
+            raise UserError(f"the cache needs {schema.human_bytes(need)} but {folder} has "
+                            f"{schema.human_bytes(free)} free; free space, use --dtype float16 or fewer --views")
+
+    def _storable(self, logits: torch.Tensor, what: str) -> np.ndarray:
+        arr = logits.numpy()
+        if not np.isfinite(arr).all():
+            raise UserError(f"the teacher's logits on the {what} are not finite (NaN or inf): the checkpoint "
+                            f"{self.checkpoint} is broken; retrain it")
+        if self.dtype == "float16":
+            peak = float(np.abs(arr).max()) if arr.size else 0.0
+            if peak > FLOAT16_MAX:
+                raise UserError(f"the teacher's logits reach {peak:.3g}, beyond float16's range; "
+                                "dump with --dtype float32")
+        return arr
+
+    def _summary(self, path: Path, *, written: int, resumed: int, seconds: float,
+                 already_complete: bool = False) -> dict[str, Any]:
+        with open_cache(path) as cache:
+            info = cache.info
+            test_logits, test_labels = cache.read_test()
+        acc, nll = accuracy_and_nll(torch.from_numpy(test_logits.astype(np.float32)),
+                                    torch.from_numpy(test_labels))
+        return {
+            "cache": str(path),
+            "dataset": info.dataset,
+            "teacher": info.teacher_model,
+            "teacher_digest": info.teacher_digest,
+            "teacher_generation": info.teacher_generation,
+            "views": info.num_views,
+            "views_written": written,
+            "views_resumed": resumed,
+            "samples": info.num_samples,
+            "classes": info.num_classes,
+            "seed": info.seed,
+            "dtype": info.dtype,
+            "estimated_bytes": self.estimate["total"],
+            "file_bytes": path.stat().st_size,
+            "teacher_test_accuracy": acc,
+            "teacher_test_loss": nll,
+            "complete": info.complete,
+            "already_complete": already_complete,
+            "device": str(self.device),
+            "seconds": seconds,
+        }
+
+
+def dump_logits(
+    checkpoint: str | Path,
+    dataset: str,
+    out: str | Path,
+    *,
+    views: int,
+    data_dir: str | None = None,
+    seed: int = 0,
+    dtype: str = "float16",
+    batch_size: int = 512,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    stop_after_views: int | None = None,
+) -> dict[str, Any]:
+    """Dump ``checkpoint``'s logits on ``views`` views of ``dataset``'s train split into ``out``.
+
+    Resumable and idempotent: see the module docstring. Returns a summary dict (``cache``,
+    ``views_written``, ``views_resumed``, ``already_complete``, ``teacher_test_accuracy``, ...).
+    Raises :class:`UserError` on a checkpoint from other data or a conflicting ``out``.
+    """
+    job = LogitDump(checkpoint, dataset, out, views=views, data_dir=data_dir, seed=seed, dtype=dtype,
+                    batch_size=batch_size, device=device, overwrite=overwrite, progress=progress, log=log)
+    return job.run(stop_after_views=stop_after_views)
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when ``path`` is a complete cache this version reads (no exception on anything else)."""
+    try:
+        with open_cache(path):
+            return True
+    except UserError:
+        return False

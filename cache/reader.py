@@ -1,0 +1,250 @@
+"""Reading a soft-target cache, and refusing one that does not fit.
+
+:func:`open_cache` checks that a path is a complete cache of a format this version reads
+(else :class:`~bandistill.errors.UserError`, one line); :meth:`SoftTargetCache.check_fits`
+compares it with the data a student trains on. Arrays are read a whole view at a time
+(one sequential read each); nothing here reads per sample.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from bandistill.cache import schema
+from bandistill.errors import UserError
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """The root attributes of a cache, decoded."""
+
+    path: str
+    format_version: int
+    dataset: str
+    dataset_fingerprint: str
+    num_classes: int
+    num_samples: int
+    num_test_samples: int
+    num_views: int
+    view_policy: str
+    seed: int
+    dtype: str
+    teacher: dict[str, Any]
+    complete: bool
+    attrs: dict[str, Any]
+
+    @property
+    def teacher_model(self) -> str:
+        return str(self.teacher.get("model", "?"))
+
+    @property
+    def teacher_digest(self) -> str:
+        return str(self.teacher.get("checkpoint_digest", "?"))
+
+    @property
+    def teacher_generation(self) -> int:
+        return int(self.teacher.get("generation", 0))
+
+
+class SoftTargetCache:
+    """A complete cache file opened for reading (use as a context manager, or call close())."""
+
+    def __init__(self, path: Path, f: h5py.File, info: CacheInfo):
+        self.path = path
+        self.f = f
+        self.info = info
+
+    # -- arrays (whole views only) -------------------------------------------------------
+    def read_view(self, view: int) -> np.ndarray:
+        """Logits ``(samples, classes)`` of one view, in the stored dtype: one sequential read."""
+        return self.f[schema.LOGITS][view]
+
+    def read_view_params(self, view: int) -> np.ndarray:
+        return self.f[schema.VIEW_PARAMS][view]
+
+    def read_logits(self) -> np.ndarray:
+        """All logits ``(views, samples, classes)``: one sequential read of the whole array."""
+        return self.f[schema.LOGITS][()]
+
+    def read_view_params_all(self) -> np.ndarray:
+        return self.f[schema.VIEW_PARAMS][()]
+
+    def read_labels(self) -> np.ndarray:
+        return self.f[schema.LABELS][()]
+
+    def read_test(self) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher logits on the clean test split, and the test labels."""
+        return self.f[schema.TEST_LOGITS][()], self.f[schema.TEST_LABELS][()]
+
+    @property
+    def logits_nbytes(self) -> int:
+        ds = self.f[schema.LOGITS]
+        return int(np.prod(ds.shape)) * ds.dtype.itemsize
+
+    # -- validation ----------------------------------------------------------------------
+    def check_fits(
+        self,
+        *,
+        dataset: str,
+        fingerprint: str,
+        num_classes: int,
+        num_samples: int,
+        view_policy: str,
+        what: str = "the student",
+    ) -> None:
+        """Raise :class:`UserError` (one line naming the mismatch) unless the cache fits."""
+        i, p = self.info, self.path
+        if i.dataset != dataset:
+            raise UserError(f"cache {p} holds logits for dataset '{i.dataset}', but {what} trains on '{dataset}'; "
+                            "dump a cache for this dataset")
+        if i.num_classes != num_classes:
+            raise UserError(f"cache {p} has {i.num_classes} classes, but {what}'s data has {num_classes}; "
+                            "dump a cache from a teacher of this dataset")
+        if i.num_samples != num_samples:
+            raise UserError(f"cache {p} has {i.num_samples} train samples, but {what}'s train split has "
+                            f"{num_samples} (another --val-split?); dump a cache with the same split")
+        if i.dataset_fingerprint != fingerprint:
+            raise UserError(f"cache {p} was dumped on other data (fingerprint {i.dataset_fingerprint}, "
+                            f"this data {fingerprint}); dump a cache from this data")
+        if _canonical_policy(i.view_policy) != _canonical_policy(view_policy):
+            raise UserError(f"cache {p} was made with view policy {i.view_policy}, but {what} uses "
+                            f"{view_policy}; dump a cache with this policy")
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+    def __enter__(self) -> "SoftTargetCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _canonical_policy(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text), sort_keys=True)
+    except (TypeError, ValueError):
+        return str(text)
+
+
+RESUME_HINT = "run the same 'bandistill dump-logits' command again to resume it"
+
+
+def open_cache(path: str | os.PathLike, *, require_complete: bool = True) -> SoftTargetCache:
+    """Open a cache for reading; :class:`UserError` with one line when it is not a usable one."""
+    path = Path(path)
+    partial = Path(schema.partial_path(str(path)))
+    if not path.exists():
+        if partial.exists():
+            done = _partial_progress(partial)
+            raise UserError(f"cache {path} is not finished: the dump stopped with {done} in {partial}; "
+                            f"{RESUME_HINT}")
+        raise UserError(f"cache {path} does not exist; write it with 'bandistill dump-logits --out {path}'")
+    if path.is_dir():
+        raise UserError(f"cache {path} is a folder, not an HDF5 file; pass the .h5 file from 'bandistill dump-logits'")
+    if not h5py.is_hdf5(path):
+        raise UserError(f"{path} is not an HDF5 file; pass the .h5 cache written by 'bandistill dump-logits'")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a readable HDF5 file ({first}); dump the cache again") from None
+    try:
+        info = _read_info(path, f)
+        if require_complete:
+            _check_complete(path, f, info)
+    except BaseException:
+        f.close()
+        raise
+    return SoftTargetCache(path, f, info)
+
+
+def read_info(path: str | os.PathLike) -> CacheInfo:
+    """The attributes of a (complete) cache, without keeping it open."""
+    with open_cache(path) as cache:
+        return cache.info
+
+
+def _read_info(path: Path, f: h5py.File) -> CacheInfo:
+    attrs = {k: schema.decode_attr(v) for k, v in f.attrs.items()}
+    if attrs.get("format") != schema.FORMAT:
+        raise UserError(f"{path} is an HDF5 file but not a bandistill soft-target cache; "
+                        "pass the file written by 'bandistill dump-logits'")
+    version = attrs.get("format_version")
+    if version != schema.FORMAT_VERSION:
+        newer = isinstance(version, int) and version > schema.FORMAT_VERSION
+        fix = "upgrade bandistill" if newer else "dump the cache again with this version"
+        raise UserError(f"cache {path} has format version {version}, this bandistill reads version "
+                        f"{schema.FORMAT_VERSION}; {fix}")
+    missing = [a for a in schema.REQUIRED_ATTRS if a not in attrs]
+    missing += [d for d in (schema.LOGITS, schema.VIEW_PARAMS, schema.LABELS, schema.VIEWS_COMPLETE,
+                            schema.TEST_LOGITS, schema.TEST_LABELS) if d not in f]
+    if missing:
+        raise UserError(f"cache {path} is damaged ({missing[0]} is missing); dump the cache again")
+    try:
+        teacher = json.loads(attrs["teacher"])
+    except (TypeError, ValueError):
+        teacher = {"model": str(attrs["teacher"])}
+    info = CacheInfo(
+        path=str(path),
+        format_version=int(version),
+        dataset=str(attrs["dataset"]),
+        dataset_fingerprint=str(attrs["dataset_fingerprint"]),
+        num_classes=int(attrs["num_classes"]),
+        num_samples=int(attrs["num_samples"]),
+        num_test_samples=int(attrs["num_test_samples"]),
+        num_views=int(attrs["num_views"]),
+        view_policy=str(attrs["view_policy"]),
+        seed=int(attrs["seed"]),
+        dtype=str(attrs["dtype"]),
+        teacher=teacher,
+        complete=bool(attrs["complete"]),
+        attrs=attrs,
+    )
+    k, n, c = info.num_views, info.num_samples, info.num_classes
+    shapes = {
+        schema.LOGITS: (k, n, c),
+        schema.LABELS: (n,),
+        schema.VIEWS_COMPLETE: (k,),
+        schema.TEST_LOGITS: (info.num_test_samples, c),
+    }
+    for name, shape in shapes.items():
+        if tuple(f[name].shape) != shape:
+            raise UserError(f"cache {path} is damaged: {name} has shape {tuple(f[name].shape)}, "
+                            f"its attributes say {shape}; dump the cache again")
+    vp = f[schema.VIEW_PARAMS].shape
+    if len(vp) != 3 or vp[:2] != (k, n):
+        raise UserError(f"cache {path} is damaged: view_params has shape {tuple(vp)}; dump the cache again")
+    return info
+
+
+def _check_complete(path: Path, f: h5py.File, info: CacheInfo) -> None:
+    done = f[schema.VIEWS_COMPLETE][()].astype(bool)
+    if done.all() and info.complete and bool(info.attrs.get("test_complete")):
+        return
+    missing = [int(v) for v in np.flatnonzero(~done)]
+    if missing:
+        listed = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
+        what = f"views {listed} of {info.num_views} are missing"
+    elif not info.attrs.get("test_complete"):
+        what = "the test-split logits are missing"
+    else:
+        what = "it is not marked complete"
+    raise UserError(f"cache {path} is an incomplete dump ({what}); {RESUME_HINT}")
+
+
+def _partial_progress(partial: Path) -> str:
+    try:
+        with h5py.File(partial, "r") as f:
+            done = int(f[schema.VIEWS_COMPLETE][()].sum())
+            return f"{done} of {int(f.attrs['num_views'])} views written"
+    except Exception:  # an unreadable partial file: the rerun starts it over
+        return "an unreadable partial file"

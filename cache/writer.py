@@ -1,0 +1,186 @@
+"""Writing a soft-target cache: create (or reopen) the ``.partial`` file, one view at a time.
+
+The order of writes is what makes a dump resumable and a partial file impossible to take
+for a whole one:
+
+1. the file is created as ``<out>.partial`` with every array allocated and
+   ``views_complete`` all zero, ``complete`` false;
+2. for each view: write its logits and parameters, flush, *then* set
+   ``views_complete[v] = 1`` and flush again (a crash between the two only redoes v);
+3. when every view and the test logits are in: ``complete = true``, close, fsync, and
+   rename onto ``<out>``.
+
+The file is opened with HDF5's default (earliest) format, whose superblock carries no
+"open for writing" flag, so a file left by a killed process can be reopened; if it cannot
+(the kill landed inside a metadata write), :func:`read_partial_state` says so and the
+dump starts that file over.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from bandistill.cache import schema
+from bandistill.errors import UserError
+
+
+class CacheWriter:
+    """An open ``.partial`` cache file being filled view by view."""
+
+    def __init__(self, partial: str | os.PathLike, final: str | os.PathLike, f: h5py.File):
+        self.partial = Path(partial)
+        self.final = Path(final)
+        self.f = f
+
+    # -- opening -----------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        final: str | os.PathLike,
+        *,
+        attrs: dict[str, Any],
+        num_views: int,
+        num_samples: int,
+        num_classes: int,
+        num_params: int,
+        dtype: str,
+        labels: np.ndarray,
+        test_labels: np.ndarray,
+    ) -> "CacheWriter":
+        """Start a new ``<final>.partial`` (replacing any old partial file)."""
+        if dtype not in schema.DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(schema.DTYPES)}, got {dtype!r}")
+        final = Path(final)
+        partial = Path(schema.partial_path(str(final)))
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        if partial.exists():
+            partial.unlink()
+        f = _open(partial, "w")
+        try:
+            for key, value in attrs.items():
+                f.attrs[key] = value
+            f.attrs["format"] = schema.FORMAT
+            f.attrs["format_version"] = schema.FORMAT_VERSION
+            f.attrs["num_views"] = num_views
+            f.attrs["num_samples"] = num_samples
+            f.attrs["num_classes"] = num_classes
+            f.attrs["num_test_samples"] = int(len(test_labels))
+            f.attrs["dtype"] = dtype
+            f.attrs["complete"] = False
+            f.attrs["test_complete"] = False
+            # Contiguous (no chunks= argument, no compression): view v is one sequential read.
+            f.create_dataset(schema.LOGITS, shape=(num_views, num_samples, num_classes), dtype=dtype)
+            f.create_dataset(schema.VIEW_PARAMS, shape=(num_views, num_samples, num_params), dtype="int16")
+            f.create_dataset(schema.LABELS, data=np.asarray(labels, dtype=np.int64))
+            f.create_dataset(schema.TEST_LOGITS, shape=(len(test_labels), num_classes), dtype=dtype)
+            f.create_dataset(schema.TEST_LABELS, data=np.asarray(test_labels, dtype=np.int64))
+            f.create_dataset(schema.VIEWS_COMPLETE, data=np.zeros(num_views, dtype=np.uint8))
+            f.flush()
+        except BaseException:
+            f.close()
+            raise
+        return cls(partial, final, f)
+
+    @classmethod
+    def reopen(cls, final: str | os.PathLike) -> "CacheWriter":
+        """Reopen an existing ``<final>.partial`` to continue filling it."""
+        final = Path(final)
+        partial = Path(schema.partial_path(str(final)))
+        return cls(partial, final, _open(partial, "r+"))
+
+    # -- state -------------------------------------------------------------------------
+    def views_done(self) -> list[int]:
+        return [int(v) for v in np.flatnonzero(self.f[schema.VIEWS_COMPLETE][()])]
+
+    @property
+    def test_done(self) -> bool:
+        return bool(self.f.attrs["test_complete"])
+
+    # -- writing -----------------------------------------------------------------------
+    def write_view(self, view: int, logits: np.ndarray, params: np.ndarray) -> None:
+        """Store one whole view, flush, then mark it complete and flush again."""
+        ds = self.f[schema.LOGITS]
+        if logits.shape != ds.shape[1:]:
+            raise ValueError(f"view {view}: logits shape {logits.shape}, file expects {ds.shape[1:]}")
+        ds[view] = logits.astype(ds.dtype, copy=False)
+        self.f[schema.VIEW_PARAMS][view] = np.asarray(params, dtype=np.int16)
+        self.f.flush()
+        self.f[schema.VIEWS_COMPLETE][view] = 1
+        self.f.flush()
+
+    def write_test(self, logits: np.ndarray) -> None:
+        ds = self.f[schema.TEST_LOGITS]
+        ds[...] = logits.astype(ds.dtype, copy=False)
+        self.f.flush()
+        self.f.attrs["test_complete"] = True
+        self.f.flush()
+
+    def set_attrs(self, **attrs: Any) -> None:
+        for key, value in attrs.items():
+            self.f.attrs[key] = value
+
+    def finish(self) -> Path:
+        """Mark the file complete and move it onto the final name (atomically)."""
+        missing = sorted(set(range(int(self.f.attrs["num_views"]))) - set(self.views_done()))
+        if missing or not self.test_done:
+            raise RuntimeError(f"cannot finish {self.partial}: views {missing} or test logits missing")
+        self.f.attrs["complete"] = True
+        self.f.flush()
+        self.f.close()
+        fd = os.open(self.partial, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.partial, self.final)
+        return self.final
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+    def __enter__(self) -> "CacheWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_partial_state(final: str | os.PathLike) -> dict[str, Any] | None:
+    """Attributes and finished views of ``<final>.partial``; None when absent.
+
+    Returns ``{"readable": False}`` when the file exists but HDF5 cannot open it (a dump
+    killed in the middle of a metadata write): such a file can only be started over.
+    """
+    partial = Path(schema.partial_path(str(final)))
+    if not partial.exists():
+        return None
+    try:
+        with _open(partial, "r") as f:
+            attrs = {k: schema.decode_attr(v) for k, v in f.attrs.items()}
+            done = [int(v) for v in np.flatnonzero(f[schema.VIEWS_COMPLETE][()])]
+            if attrs.get("format") != schema.FORMAT:
+                return {"readable": False}
+            return {"readable": True, "attrs": attrs, "views_done": done}
+    except UserError:
+        raise
+    except (OSError, KeyError, ValueError):
+        return {"readable": False}
+
+
+def _open(path: Path, mode: str) -> h5py.File:
+    try:
+        return h5py.File(path, mode)
+    except BlockingIOError:
+        raise UserError(f"{path} is open in another process (another dump writing it?); wait for it or stop it") from None
+    except OSError as exc:
+        if "lock" in str(exc).lower():
+            raise UserError(
+                f"{path} is open in another process (another dump writing it?); wait for it or stop it"
+            ) from None
+        raise
