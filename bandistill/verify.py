@@ -1,0 +1,126 @@
+"""``verify-cache``: replay random (sample, view) pairs through the live teacher and compare.
+
+It checks what a student relies on: that the stored parameters rebuild the images the
+teacher saw (they must also equal the view policy's pure function of (seed, view,
+sample)), and that the stored logits are that teacher's logits on them, up to the storage
+dtype's rounding. A wrong image moves logits by far more than that.
+
+Tolerance, per element: ``|live - cached| <= atol + rtol * |cached|``. float16 rounding
+is at most half a unit in the last place (2^-11 relative); float32 storage is exact up to
+the run-to-run noise of batched kernels. bf16 autocast (CUDA) at dump or verify time adds
+its own ~2^-8 relative error per op, so that case gets a looser bound.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bandistill.cache.reader import open_cache
+from bandistill.checkpoint import file_digest, load_checkpoint
+from bandistill.device import resolve_device
+from bandistill.dump import load_teacher, teacher_dataset
+from bandistill.errors import UserError
+from bandistill.inference import predict_logits
+
+#: (atol, rtol) per storage dtype, on one device in float32.
+TOLERANCES = {"float16": (2e-3, 2.0**-10), "float32": (1e-4, 1e-4)}
+#: (atol, rtol) when bf16 autocast ran at dump or verify time.
+BF16_TOLERANCE = (5e-2, 2.0**-5)
+
+
+def tolerance_for(dtype: str, bf16: bool) -> tuple[float, float]:
+    atol, rtol = TOLERANCES.get(dtype, TOLERANCES["float16"])
+    if bf16:
+        atol, rtol = max(atol, BF16_TOLERANCE[0]), max(rtol, BF16_TOLERANCE[1])
+    return atol, rtol
+
+
+def verify_cache(
+    checkpoint: str | Path,
+    cache_path: str | Path,
+    *,
+    samples: int = 64,
+    data_dir: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    tolerance: float | None = None,
+) -> dict[str, Any]:
+    """Compare ``samples`` random cached (sample, view) pairs, and as many test samples, with the live teacher.
+
+    Returns a report (``passed``, ``max_abs_diff``, ``test_max_abs_diff``, ...); it does
+    not raise when the check fails -- the caller decides (the CLI exits 1). Raises
+    :class:`UserError` when the checkpoint is not the cache's teacher or the data differ.
+    ``tolerance`` replaces the per-element bound by one absolute bound.
+    """
+    if samples < 1:
+        raise UserError(f"--samples must be a positive integer, got {samples}")
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint)
+    digest = file_digest(checkpoint)
+    with open_cache(cache_path) as cache:
+        info = cache.info
+        if info.teacher_digest != digest:
+            raise UserError(f"{checkpoint} (digest {digest}) is not the teacher of {cache_path} "
+                            f"(made from {info.teacher.get('checkpoint')}, digest {info.teacher_digest}); "
+                            "pass that checkpoint")
+        ds = teacher_dataset(ckpt, info.dataset, data_dir)
+        cache.check_fits(dataset=ds.name, fingerprint=ds.fingerprint, num_classes=ds.num_classes,
+                         num_samples=ds.num_train, view_policy=ds.view_policy.to_json(), what="the teacher")
+        k, n = info.num_views, info.num_samples
+        rng = np.random.default_rng(seed)
+        flat = np.sort(rng.choice(k * n, size=min(samples, k * n), replace=False))
+        views, idx = flat // n, flat % n
+        cached = np.empty((len(flat), info.num_classes), dtype=np.float32)
+        params = np.empty((len(flat), 3), dtype=np.int16)
+        params_match = True
+        policy = ds.view_policy
+        for v in np.unique(views):  # one sequential read per view, then index in memory
+            sel = views == v
+            cached[sel] = cache.read_view(int(v))[idx[sel]]
+            stored = cache.read_view_params(int(v))
+            params[sel] = stored[idx[sel]]
+            params_match &= bool(np.array_equal(stored, policy.params(info.seed, int(v), np.arange(n)).numpy()))
+        test_logits, test_labels = cache.read_test()
+    n_test = min(samples, len(test_labels))
+    test_idx = np.sort(rng.choice(len(test_labels), size=n_test, replace=False))
+
+    model = load_teacher(ckpt, dev)
+    mean = torch.tensor(ckpt["normalization"]["mean"])
+    std = torch.tensor(ckpt["normalization"]["std"])
+    live = predict_logits(model, ds.train_images[torch.from_numpy(idx)], mean, std, policy=policy,
+                          params=torch.from_numpy(params), device=dev, batch_size=256).numpy()
+    live_test = predict_logits(model, ds.test_images[torch.from_numpy(test_idx)], mean, std, device=dev,
+                               batch_size=256).numpy()
+
+    bf16 = dev.type == "cuda" or info.attrs.get("autocast", "none") != "none"
+    atol, rtol = tolerance_for(info.dtype, bf16)
+    if tolerance is not None:
+        atol, rtol = float(tolerance), 0.0
+
+    def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, bool, float]:
+        diff = np.abs(a - b)
+        bound = atol + rtol * np.abs(b)
+        return float(diff.max()), bool((diff <= bound).all()), float((diff / bound).max())
+
+    max_diff, ok, ratio = compare(live, cached)
+    test_max, test_ok, test_ratio = compare(live_test, test_logits[test_idx].astype(np.float32))
+    return {
+        "cache": str(cache_path),
+        "checkpoint": str(checkpoint),
+        "pairs": int(len(flat)),
+        "test_samples": int(n_test),
+        "max_abs_diff": max_diff,
+        "test_max_abs_diff": test_max,
+        "worst_diff_over_tolerance": max(ratio, test_ratio),
+        "argmax_agreement": float((live.argmax(1) == cached.argmax(1)).mean()),
+        "params_match_policy": params_match,
+        "dtype": info.dtype,
+        "atol": atol,
+        "rtol": rtol,
+        "device": str(dev),
+        "passed": ok and test_ok and params_match,
+    }
