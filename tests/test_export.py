@@ -1,0 +1,157 @@
+"""Tests for ``bandistill export``: real exports of trained digits models, run in onnxruntime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bandistill.checkpoint import load_checkpoint, save_checkpoint
+from bandistill.cli.main import cli
+from bandistill.data import load_dataset
+from bandistill.errors import UserError, VerificationError
+from bandistill.export import export_checkpoint, plan_exports, read_metadata
+from bandistill.onnx_runtime import create_session, run_batched, resolve_providers
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def gen0_ckpt(digits_gen0) -> Path:
+    return Path(digits_gen0["checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def gen0_onnx(gen0_ckpt, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("export") / "gen0.onnx"
+    return out, export_checkpoint(gen0_ckpt, out)
+
+
+def test_export_is_self_describing_and_checked(gen0_onnx, gen0_ckpt) -> None:
+    path, result = gen0_onnx
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    meta = read_metadata(model)
+    ckpt = load_checkpoint(gen0_ckpt)
+    assert meta["format"] == "bandistill-onnx" and meta["kind"] == "member" and meta["output"] == "logits"
+    assert meta["model"] == "resnet-20" and meta["num_classes"] == "10"
+    assert json.loads(meta["classes"]) == [str(i) for i in range(10)]
+    assert meta["dataset"] == "digits" and meta["dataset_fingerprint"] == ckpt["dataset"]["fingerprint"]
+    assert meta["generation"] == "0"
+    assert json.loads(meta["mean"]) == pytest.approx(ckpt["normalization"]["mean"])
+    assert json.loads(meta["input_shape"]) == [1, 8, 8] and meta["input_dtype"] == "uint8"
+    assert "0-255" in meta["input"] and "Do not normalise" in meta["input"]
+    assert json.loads(meta["test_accuracy"]) == pytest.approx(ckpt["metrics"]["test_accuracy"])
+    # one uint8 input with a dynamic batch axis, one float output
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert inp.name == "image" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert inp.type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert out.name == "logits" and out.type.tensor_type.shape.dim[0].dim_param == "batch"
+    parity = result["parity"]
+    assert parity["max_abs_logit_diff"] < 1e-3 and parity["argmax_agreement"] == 1.0
+    assert result["generation"] == 0 and result["opset"] >= 18
+
+
+def test_onnx_accuracy_equals_what_train_reported(gen0_onnx, digits, digits_gen0) -> None:
+    path, _ = gen0_onnx
+    session = create_session(path, "cpu")
+    logits = run_batched(session, digits.test_images, batch_size=97)  # odd batches: the axis is dynamic
+    acc = float((logits.argmax(1) == digits.test_labels.numpy()).mean())
+    n = digits.test_labels.numel()
+    assert abs(acc - digits_gen0["test_accuracy"]) * n <= 1.0
+    # raw image in: the same logits whatever batch size
+    one = run_batched(session, digits.test_images[:3], batch_size=1)
+    np.testing.assert_allclose(one, logits[:3], atol=1e-5)
+
+
+def test_float_images_are_refused_by_the_input_type(gen0_onnx, digits) -> None:
+    session = create_session(gen0_onnx[0], "cpu")
+    with pytest.raises(Exception, match="(?i)type|uint8"):
+        session.run(None, {"image": digits.test_images[:2].numpy().astype(np.float32) / 255})
+
+
+def test_old_opset_uses_the_torchscript_exporter(gen0_ckpt, digits, tmp_path) -> None:
+    result = export_checkpoint(gen0_ckpt, tmp_path / "old.onnx", opset=17, dataset=digits)
+    assert result["opset"] == 17 and "torchscript" in result["exporter"]
+    assert result["parity"]["max_abs_logit_diff"] < 1e-3
+    with pytest.raises(UserError, match="opset 18 or newer"):
+        export_checkpoint(gen0_ckpt, tmp_path / "x.onnx", opset=17, exporter="dynamo")
+    with pytest.raises(UserError, match="out of range"):
+        export_checkpoint(gen0_ckpt, tmp_path / "x.onnx", opset=99)
+
+
+def test_failed_parity_exits_1_and_leaves_no_file(gen0_ckpt, tmp_path) -> None:
+    out = tmp_path / "onnx" / "gen0.onnx"
+    args = ["export", "--checkpoint", str(gen0_ckpt), "--out", str(out), "--exporter", "torchscript",
+            "--tolerance", "1e-12"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 1, res.output
+    assert "differ from PyTorch" in res.output and "Traceback" not in res.output
+    assert not out.exists() and not [p for p in out.parent.iterdir() if p.suffix == ".tmp"]
+    # an earlier good file under the final name is left as it was
+    out.write_bytes(b"old")
+    with pytest.raises(VerificationError, match="kept its old contents"):
+        export_checkpoint(gen0_ckpt, out, exporter="torchscript", tolerance=1e-12)
+    assert out.read_bytes() == b"old"
+
+
+def test_export_cli_json_and_folder_of_runs(gen0_ckpt, digits, tmp_path) -> None:
+    # A folder of two runs; --out a folder -> <run>.onnx each.
+    runs = tmp_path / "runs"
+    for name in ("gen0", "gen1"):
+        (runs / name).mkdir(parents=True)
+        ckpt = load_checkpoint(gen0_ckpt)
+        ckpt["generation"] = int(name[-1])
+        save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "format_version")}, runs / name / "model.pt")
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(runs), "--out", str(tmp_path / "onnx"),
+                                   "--exporter", "torchscript", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert [Path(e["out"]).name for e in data["exports"]] == ["gen0.onnx", "gen1.onnx"]
+    assert [e["generation"] for e in data["exports"]] == [0, 1]
+    gen1 = read_metadata(onnx.load(str(tmp_path / "onnx" / "gen1.onnx")))
+    assert gen1["generation"] == "1"
+
+
+def test_plan_exports_pairs_and_refusals(gen0_ckpt, tmp_path) -> None:
+    run = gen0_ckpt.parent
+    assert plan_exports([run], ["a.onnx"]) == [(gen0_ckpt, Path("a.onnx"))]
+    assert plan_exports([gen0_ckpt], [str(tmp_path / "out")]) == [(gen0_ckpt, tmp_path / "out" / f"{run.name}.onnx")]
+    with pytest.raises(UserError, match="does not exist"):
+        plan_exports([tmp_path / "missing.pt"], ["a.onnx"])
+    with pytest.raises(UserError, match="no --out"):
+        plan_exports([gen0_ckpt], [])
+    with pytest.raises(UserError, match="would be exported to"):
+        plan_exports([gen0_ckpt, run / "last.pt"], [str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"not a checkpoint at all", "not a"), (None, "does not exist")],
+)
+def test_bad_checkpoint_is_one_line_exit_2(tmp_path, content, message) -> None:
+    path = tmp_path / "model.pt"
+    if content is not None:
+        path.write_bytes(content)
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(path), "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_provider_choice_on_this_machine() -> None:
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    if not torch.cuda.is_available():
+        assert resolve_providers("auto") == ["CPUExecutionProvider"]
+        with pytest.raises(UserError, match="--provider cuda"):
+            resolve_providers("cuda")
+    with pytest.raises(UserError, match="unknown --provider"):
+        resolve_providers("tpu")
