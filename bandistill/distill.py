@@ -72,6 +72,7 @@ class CachedSoftTargets:
         params_bytes = info.num_views * info.num_samples * 3 * 2
         self.in_memory = cache.logits_nbytes + params_bytes <= memory_budget_bytes
         self._view: int | None = None
+        self._schedule_epoch, self._schedule_view = -1, 0
         self._logits: torch.Tensor | None = None  # (K, N, C) in memory, or (N, C) of self._view
         self._params: torch.Tensor | None = None
         if self.in_memory:
@@ -83,7 +84,9 @@ class CachedSoftTargets:
         return "memory" if self.in_memory else "stream"
 
     def view_for_epoch(self, epoch: int) -> int:
-        return view_schedule(self.seed, epoch, self.num_views)
+        if epoch != self._schedule_epoch:  # called every step: hash once per epoch
+            self._schedule_epoch, self._schedule_view = epoch, view_schedule(self.seed, epoch, self.num_views)
+        return self._schedule_view
 
     def _load(self, view: int) -> None:
         """Streaming: make ``view`` the resident one (one sequential read of logits and params)."""

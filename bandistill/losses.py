@@ -38,10 +38,16 @@ LOSSES = ("ban+l", "ban", "kd", "cwtm", "dkpp")
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def kl_batchmean(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """KL(softmax(t / T) || softmax(s / T)), summed over classes, averaged over samples."""
-    log_q = F.log_softmax(student_logits / temperature, dim=1)
-    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+def kl_batchmean(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                 log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(softmax(t / T) || softmax(s / T)), summed over classes, averaged over samples.
+
+    ``log_q``: the student's log-probabilities at this temperature, when already computed.
+    """
+    if log_q is None:
+        log_q = F.log_softmax(student_logits / temperature if temperature != 1.0 else student_logits, dim=1)
+    t = teacher_logits.float()
+    log_p = F.log_softmax(t / temperature if temperature != 1.0 else t, dim=1)
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
 
 
@@ -90,6 +96,9 @@ def make_loss(name: str, *, temperature: float = 1.0, alpha: float = 0.5,
     t, t2 = float(temperature), float(temperature) ** 2
 
     def ban_l(s: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if t == 1.0:  # one log-softmax serves both terms
+            log_q = F.log_softmax(s, dim=1)
+            return F.nll_loss(log_q, y) + kl_batchmean(s, teacher, log_q=log_q)
         return F.cross_entropy(s, y) + t2 * kl_batchmean(s, teacher, t)
 
     def ban(s: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
