@@ -80,9 +80,8 @@ def expected_calibration_error(probs: Any, labels: Any, bins: int = ECE_BINS) ->
         return float("nan")
     confidence = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(np.float64)
-    # Bin b holds confidences in (b/bins, (b+1)/bins]; ceil(c*bins)-1 does that exactly.
+    # Bin b holds confidences in (b/bins, (b+1)/bins]: index ceil(c*bins) - 1 (0 for c == 0).
     index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
-    count = np.bincount(index, minlength=bins).astype(np.float64)
     conf_sum = np.bincount(index, weights=confidence, minlength=bins)
     acc_sum = np.bincount(index, weights=correct, minlength=bins)
     return float(np.abs(acc_sum - conf_sum).sum() / y.size)
