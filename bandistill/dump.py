@@ -123,7 +123,7 @@ class LogitDump:
     def identity(self) -> dict[str, Any]:
         """The attributes that decide whether an existing (partial) file is this dump."""
         ds = self.dataset
-        return {
+        values = {
             "format_version": schema.FORMAT_VERSION,
             "dataset": ds.name,
             "dataset_fingerprint": ds.fingerprint,
@@ -136,6 +136,7 @@ class LogitDump:
             "dtype": self.dtype,
             "teacher_digest": self.teacher_digest,
         }
+        return {key: values[key] for key in schema.IDENTITY_ATTRS}
 
     def attrs(self) -> dict[str, Any]:
         from bandistill import __version__

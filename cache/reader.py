@@ -153,7 +153,9 @@ def open_cache(path: str | os.PathLike, *, require_complete: bool = True) -> Sof
     if not h5py.is_hdf5(path):
         raise UserError(f"{path} is not an HDF5 file; pass the .h5 cache written by 'bandistill dump-logits'")
     try:
-        f = h5py.File(path, "r")
+        # A file under its final name is complete and never written again: no lock needed
+        # (and some network filesystems cannot lock).
+        f = h5py.File(path, "r", locking=False)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path} is not a readable HDF5 file ({first}); dump the cache again") from None
@@ -243,7 +245,7 @@ def _check_complete(path: Path, f: h5py.File, info: CacheInfo) -> None:
 
 def _partial_progress(partial: Path) -> str:
     try:
-        with h5py.File(partial, "r") as f:
+        with h5py.File(partial, "r", locking=False) as f:
             done = int(f[schema.VIEWS_COMPLETE][()].sum())
             return f"{done} of {int(f.attrs['num_views'])} views written"
     except Exception:  # an unreadable partial file: the rerun starts it over

@@ -179,8 +179,9 @@ def _open(path: Path, mode: str) -> h5py.File:
     except BlockingIOError:
         raise UserError(f"{path} is open in another process (another dump writing it?); wait for it or stop it") from None
     except OSError as exc:
-        if "lock" in str(exc).lower():
+        if "lock" in str(exc).lower():  # e.g. ENOSYS on some network filesystems
             raise UserError(
-                f"{path} is open in another process (another dump writing it?); wait for it or stop it"
+                f"cannot lock {path} on this filesystem; set HDF5_USE_FILE_LOCKING=FALSE or write the cache "
+                "to a local disk"
             ) from None
         raise
