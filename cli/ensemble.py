@@ -13,7 +13,7 @@ from bandistill.progress import stderr_console
 @click.command("ensemble")
 @click.option("--onnx", "onnx_paths", multiple=True, type=str,
               help="Member ONNX files: repeat it, quote a glob ('gen*.onnx'), or let the shell expand gen*.onnx.")
-@click.argument("more_onnx", nargs=-1, type=str)
+@click.argument("more_onnx", nargs=-1, type=str, metavar="[MODEL.onnx ...]")
 @click.option("--dataset", default=None, help="Dataset to evaluate on (default: the one the models name).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where the dataset lives.")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)

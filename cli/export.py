@@ -11,7 +11,7 @@ from bandistill.export import DEFAULT_TOLERANCE, EXPORTERS, PARITY_SAMPLES, expo
 @click.command("export")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(),
               help="A model.pt, a run folder, or a folder of runs; repeatable (a shell glob may expand after it).")
-@click.argument("more_checkpoints", nargs=-1, type=click.Path())
+@click.argument("more_checkpoints", nargs=-1, type=click.Path(), metavar="[CHECKPOINT ...]")
 @click.option("--out", "outs", multiple=True, type=click.Path(),
               help="The .onnx file to write (one per --checkpoint), or one folder for several: <folder>/<run>.onnx.")
 @click.option("--opset", type=int, default=None,
