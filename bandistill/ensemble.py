@@ -650,7 +650,8 @@ def save_merged_onnx(
             bad = int((~same & decided).sum())
             raise VerificationError(
                 f"the merged graph disagrees with the averaged members (max |prob diff| {diff:.3g}, "
-                f"{bad} different predictions on {got.shape[0]} images); {out} not written"
+                f"{bad} different predictions on {got.shape[0]} images); "
+                f"{out} {'kept its old contents' if out.exists() else 'not written'}"
             )
 
     atomic_write(out, write)
