@@ -156,7 +156,7 @@ class Chain:
             onnx_path = self.root / "onnx" / f"gen{k}.onnx"
             export_sig = {"checkpoint": self.manifest.digest(f"gen{k}.train", ckpt), "opset": o.opset}
             self.stage(f"gen{k}.export", export_sig, [onnx_path],
-                       lambda: _summary(export_checkpoint(ckpt, onnx_path, opset=o.opset)), cleanup=[onnx_path])
+                       lambda: _summary(export_checkpoint(ckpt, onnx_path, opset=o.opset, data_dir=o.data_dir)), cleanup=[onnx_path])
             onnx_files.append(onnx_path)
 
         ens_sig = {"members": [self.manifest.digest(f"gen{k}.export", p) for k, p in enumerate(onnx_files)]}

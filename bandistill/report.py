@@ -61,7 +61,7 @@ def aggregate(network: str, parameters: int, chains: Sequence[dict[str, Any]]) -
     return row
 
 
-def _cell(value: dict[str, Any], fig: str) -> str:
+def format_cell(value: dict[str, Any], fig: str) -> str:
     fmt = "{:.2f}" if fig == "error" else "{:.3f}" if fig == "nll" else "{:.4f}"
     text = fmt.format(value["mean"])
     if value["std"] is not None:
@@ -78,7 +78,7 @@ def markdown(rows: Sequence[dict[str, Any]], title: str = "Born-again run") -> s
         lines += [f"## {titles[fig]}", "", "| network | params | " + " | ".join(columns) + " |",
                   "|---|---|" + "---|" * len(columns)]
         for row in rows:
-            cells = " | ".join(_cell(row["cells"][c][fig], fig) if c in row["cells"] else "/" for c in columns)
+            cells = " | ".join(format_cell(row["cells"][c][fig], fig) if c in row["cells"] else "/" for c in columns)
             lines.append(f"| {row['network']} | {row['parameters'] / 1e6:.2f}M | {cells} |")
         lines.append("")
     lines += ["Ens*k averages the probabilities of BAN-1 .. BAN-k (the paper's convention, without the baseline);",

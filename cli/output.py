@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Iterable, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
-stdout_console = Console(soft_wrap=True)
+#: Results are tables meant to be read whole: when stdout is a file or a pipe, do not wrap at 80 columns.
+stdout_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def print_json(obj: Any) -> None:
@@ -36,21 +38,19 @@ def _fmt(v: Any) -> str:
 
 
 def print_report_table(rows: Sequence[dict[str, Any]]) -> None:
-    """The paper's Table 2 layout: test error % per generation and ensemble (NLL, ECE below each)."""
-    from bandistill.report import noise_note
+    """The paper's Table 2 layout: one row per network; test error %, then NLL and ECE tables."""
+    from bandistill.report import FIGURES, format_cell, noise_note
 
+    titles = {"error": "test error %", "nll": "test NLL", "ece": "expected calibration error"}
     columns = rows[0]["columns"]
-    table = Table(title="test error % (NLL / ECE)")
-    table.add_column("network")
-    table.add_column("params", justify="right")
-    for col in columns:
-        table.add_column(col, justify="right")
-    for row in rows:
-        cells = []
+    for fig in FIGURES:
+        table = Table(title=titles[fig])
+        table.add_column("network", no_wrap=True)
+        table.add_column("params", justify="right", no_wrap=True)
         for col in columns:
-            c = row["cells"][col]
-            err = f"{c['error']['mean']:.2f}" + (f" ± {c['error']['std']:.2f}" if c["error"]["std"] is not None else "")
-            cells.append(f"{err}\n{c['nll']['mean']:.3f} / {c['ece']['mean']:.3f}")
-        table.add_row(row["network"], f"{row['parameters'] / 1e6:.2f}M", *cells)
-    stdout_console.print(table)
+            table.add_column(col, justify="right", no_wrap=True)
+        for row in rows:
+            cells = [format_cell(row["cells"][c][fig], fig) if c in row["cells"] else "/" for c in columns]
+            table.add_row(row["network"], f"{row['parameters'] / 1e6:.2f}M", *cells)
+        stdout_console.print(table)
     stdout_console.print(noise_note(rows[0]))

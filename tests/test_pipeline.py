@@ -1,0 +1,137 @@
+"""`bandistill ban` end to end on digits, and `bandistill report` (slow: real training)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import bandistill.train as train_module
+from bandistill.checkpoint import load_checkpoint
+from bandistill.cli.main import cli
+from bandistill.pipeline import BanOptions, run_ban
+from bandistill.report import generation_metrics
+
+FAST = dict(model="resnet-20", dataset="digits", views=2, epochs=2, batch_size=256, device="cpu")
+
+
+def test_paper_convention_for_ensembles():
+    labels = np.array([0, 1])
+    gen0 = np.array([[0.9, 0.1], [0.9, 0.1]])  # one wrong
+    ban1 = np.array([[0.6, 0.4], [0.2, 0.8]])
+    ban2 = np.array([[0.4, 0.6], [0.4, 0.6]])  # one wrong
+    data = generation_metrics([gen0, ban1, ban2], labels)
+    assert data["columns"] == ["baseline", "BAN-1", "BAN-2", "Ens*2", "Ens(0..2)"]
+    assert data["cells"]["baseline"]["error"] == 50.0 and data["cells"]["BAN-1"]["error"] == 0.0
+    # Ens*2 averages BAN-1 and BAN-2 only: [[0.5, 0.5], [0.3, 0.7]] -> NLL = -(log .5 + log .7)/2
+    assert data["cells"]["Ens*2"]["nll"] == pytest.approx(-(np.log(0.5) + np.log(0.7)) / 2)
+    assert data["cells"]["Ens(0..2)"]["nll"] == pytest.approx(-(np.log(1.9 / 3) + np.log(1.5 / 3)) / 2)
+
+
+@pytest.mark.slow
+def test_ban_runs_skips_and_regenerates_its_report(tmp_path):
+    out = tmp_path / "exp"
+    first = run_ban(BanOptions(generations=2, **FAST), out, progress=False)
+    for name in ("gen0/model.pt", "gen2/model.pt", "cache/gen0.h5", "cache/gen1.h5", "onnx/gen2.onnx",
+                 "bane.onnx", "report.md", "report.json", "report.png", "manifest.json"):
+        assert (out / name).is_file(), name
+    assert "gen2.train" in first["stages_run"]
+    row = first["rows"][0]
+    assert row["columns"] == ["baseline", "BAN-1", "BAN-2", "Ens*2", "Ens(0..2)"]
+    from bandistill.distill import lineage_chain
+
+    chain = lineage_chain(out / "gen2" / "model.pt")  # gen2 -> gen1 -> gen0, read from gen2's file alone
+    assert [link["generation"] for link in chain] == [2, 1, 0]
+    assert chain[0]["cache"].endswith("cache/gen1.h5") and chain[1]["cache"].endswith("cache/gen0.h5")
+
+    mtime = (out / "gen1" / "model.pt").stat().st_mtime_ns
+    second = run_ban(BanOptions(generations=2, **FAST), out, progress=False)
+    assert second["stages_run"] == [] and (out / "gen1" / "model.pt").stat().st_mtime_ns == mtime
+    assert second["rows"] == first["rows"]
+
+    for name in ("report.md", "report.json", "report.png"):
+        (out / name).unlink()
+    result = CliRunner().invoke(cli, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "BAN-2" in result.stdout and "seed noise" in result.stdout.replace("\n", " ")
+    assert json.loads((out / "report.json").read_text())["rows"] == json.loads(json.dumps(first["rows"]))
+
+
+@pytest.mark.slow
+def test_changed_option_reruns_from_the_stage_it_affects(tmp_path):
+    out, messages = tmp_path / "exp", []
+    run_ban(BanOptions(generations=1, **FAST), out, progress=False)
+    gen0 = (out / "gen0" / "model.pt").stat().st_mtime_ns
+    again = run_ban(BanOptions(generations=1, loss="ban", **FAST), out, progress=False, log=messages.append)
+    assert again["stages_run"] == ["gen1.train", "gen1.export", "ensemble"]
+    assert (out / "gen0" / "model.pt").stat().st_mtime_ns == gen0
+    assert any("gen1.train" in m and "'ban+l' -> 'ban'" in m for m in messages), messages
+    assert load_checkpoint(out / "gen1" / "model.pt")["config"]["loss"] == "ban"
+
+
+@pytest.mark.slow
+def test_killed_during_generation_1_resumes_it(tmp_path, monkeypatch):
+    opts = dict(FAST, epochs=3)
+    whole = run_ban(BanOptions(generations=1, **opts), tmp_path / "a", progress=False)
+
+    real_save, saves = train_module.save_checkpoint, []
+
+    def die_in_gen1(obj, path):
+        real_save(obj, path)
+        if "gen1" in str(path):
+            saves.append(path)
+            if len(saves) == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", die_in_gen1)
+    with pytest.raises(KeyboardInterrupt):
+        run_ban(BanOptions(generations=1, **opts), tmp_path / "b", progress=False)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    assert (tmp_path / "b" / "gen1" / "last.pt").exists() and not (tmp_path / "b" / "gen1" / "model.pt").exists()
+
+    messages: list[str] = []
+    resumed = run_ban(BanOptions(generations=1, **opts), tmp_path / "b", progress=False, log=messages.append)
+    assert "gen0.train" not in resumed["stages_run"] and "gen1.train" in resumed["stages_run"]
+    assert any("gen1.train: resuming" in m for m in messages), messages
+    history = [json.loads(x) for x in open(tmp_path / "b" / "gen1" / "metrics.jsonl")]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    wa = load_checkpoint(tmp_path / "a" / "gen1" / "model.pt")["state_dict"]
+    wb = load_checkpoint(tmp_path / "b" / "gen1" / "model.pt")["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert resumed["rows"][0]["cells"] == whole["rows"][0]["cells"]
+
+
+@pytest.mark.slow
+def test_repeats_report_mean_and_std(tmp_path):
+    result = CliRunner().invoke(cli, ["ban", "--model", "resnet-20", "--dataset", "digits", "--generations", "1",
+                                      "--views", "2", "--epochs", "1", "--batch-size", "256", "--repeats", "2",
+                                      "--out", str(tmp_path / "r"), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    cell = data["rows"][0]["cells"]["baseline"]["error"]
+    assert len(cell["values"]) == 2 and cell["std"] is not None
+    assert (tmp_path / "r" / "seed-0" / "bane.onnx").exists() and (tmp_path / "r" / "seed-1000" / "bane.onnx").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--generations", "0"], "--generations must be at least 1"),
+    (["--views", "0"], "--views must be at least 1"),
+    (["--model", "wrn-27-10"], "wrn-27-10"),
+    (["--transfer-ends"], "--transfer-ends needs --student-model"),
+])
+def test_ban_refuses_bad_options(tmp_path, args, fragment):
+    base = {"--model": "resnet-20", "--dataset": "digits", "--out": str(tmp_path / "x")}
+    argv = ["ban"]
+    for key, value in base.items():
+        if key not in args:
+            argv += [key, value]
+    result = CliRunner().invoke(cli, argv + args)
+    assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output, result.output
+
+
+def test_report_of_a_folder_without_a_run(tmp_path):
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "no finished born-again run" in result.output
