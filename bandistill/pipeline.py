@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from bandistill.checkpoint import atomic_write, load_checkpoint
 from bandistill.data import load_dataset
@@ -201,23 +200,21 @@ def parameters_of(o: BanOptions, num_classes: int, in_channels: int) -> int:
 def run_ban(opts: BanOptions, out: str | Path, *, progress: bool = True,
             log: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """Run (or complete) a born-again experiment in ``out`` and write its report."""
-    from bandistill.report import write_report
-
     opts.validate()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a folder")
-    _check_options_file(opts, out, log)
-    chains, worked = [], []
+    _record_options(opts, out)
+    worked = []
     for seed in opts.chain_seeds():
         chain = Chain(opts, opts.chain_dir(out, seed), seed, log, progress)
-        chains.append(chain.run())
+        chain.run()
         worked += chain.trained
     report = build_report(out)
     return {"out": str(out), "stages_run": worked, **report}
 
 
-def _check_options_file(opts: BanOptions, out: Path, log: Callable[[str], None]) -> None:
+def _record_options(opts: BanOptions, out: Path) -> None:
     """Record the experiment's options (the report and `bandistill report` read them back)."""
     path = out / "ban.json"
     out.mkdir(parents=True, exist_ok=True)

@@ -135,3 +135,15 @@ def test_ban_refuses_bad_options(tmp_path, args, fragment):
 def test_report_of_a_folder_without_a_run(tmp_path):
     result = CliRunner().invoke(cli, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "no finished born-again run" in result.output
+
+
+@pytest.mark.slow
+def test_cross_architecture_students_get_the_teachers_ends(tmp_path):
+    out = tmp_path / "x"
+    result = run_ban(BanOptions(generations=1, student_model="resnet-32", transfer_ends=True, **dict(FAST, epochs=1)),
+                     out, progress=False)
+    assert result["rows"][0]["network"] == "resnet-20 -> resnet-32"
+    student = load_checkpoint(out / "gen1" / "model.pt")
+    teacher = load_checkpoint(out / "gen0" / "model.pt")
+    assert student["model"]["name"] == "resnet-32" and student["transferred"] == ["stem", "classifier"]
+    assert torch.equal(student["state_dict"]["classifier.weight"], teacher["state_dict"]["classifier.weight"])
