@@ -22,6 +22,12 @@ class BandistillGroup(click.Group):
         except VerificationError as exc:
             click.echo(f"failed: {exc}", err=True)
             sys.exit(1)
+        except OSError as exc:
+            # A path the user gave cannot be read or written (missing folder, a file where a
+            # folder should be, no permission, disk full): their environment, not our bug.
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}; check the path and its permissions", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted; run the same command again to resume", err=True)
             sys.exit(130)

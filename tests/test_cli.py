@@ -81,3 +81,11 @@ def test_cuda_without_a_gpu(tmp_path):
 def test_console_script_and_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "bandistill.cli.main", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "bandistill" in out.stdout
+
+
+def test_unwritable_output_path_is_one_line(tmp_path, digits_gen0):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run("export", "--checkpoint", digits_gen0["checkpoint"], "--out", str(blocker / "gen0.onnx"))
+    assert_one_line_error(result, "a-file", "check the path")
+    assert blocker.read_text() == ""
