@@ -117,7 +117,8 @@ class Chain:
         from bandistill.export import export_checkpoint
 
         o = self.opts
-        fingerprint = load_dataset(o.dataset, o.data_dir).fingerprint
+        self.dataset = load_dataset(o.dataset, o.data_dir)  # once, for signatures, export parity and evaluation
+        fingerprint = self.dataset.fingerprint
         checkpoints, onnx_files = [], []
         for k in range(o.generations + 1):
             gen_dir = self.root / f"gen{k}"
@@ -155,7 +156,7 @@ class Chain:
             onnx_path = self.root / "onnx" / f"gen{k}.onnx"
             export_sig = {"checkpoint": self.manifest.digest(f"gen{k}.train", ckpt), "opset": o.opset}
             self.stage(f"gen{k}.export", export_sig, [onnx_path],
-                       lambda: _summary(export_checkpoint(ckpt, onnx_path, opset=o.opset, data_dir=o.data_dir)), cleanup=[onnx_path])
+                       lambda: _summary(export_checkpoint(ckpt, onnx_path, opset=o.opset, dataset=self.dataset)), cleanup=[onnx_path])
             onnx_files.append(onnx_path)
 
         ens_sig = {"members": [self.manifest.digest(f"gen{k}.export", p) for k, p in enumerate(onnx_files)]}
@@ -168,8 +169,7 @@ class Chain:
         from bandistill.ensemble import member_probabilities, save_merged_onnx
         from bandistill.report import generation_metrics
 
-        o = self.opts
-        ds = load_dataset(o.dataset, o.data_dir)
+        o, ds = self.opts, self.dataset
         probs = member_probabilities(onnx_files, ds.test_images, provider="auto")
         data = generation_metrics(probs, ds.test_labels.numpy())
         data["network"] = network_label(o)
