@@ -58,6 +58,8 @@ def verify_cache(
     """
     if samples < 1:
         raise UserError(f"--samples must be a positive integer, got {samples}")
+    if tolerance is not None and not tolerance > 0:
+        raise UserError(f"--tolerance must be positive, got {tolerance}; leave it out for the cache dtype's bound")
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)
     digest = file_digest(checkpoint)

@@ -311,6 +311,13 @@ def test_verify_cache_refuses_a_checkpoint_that_is_not_the_teacher(teacher, full
     assert_one_line_error(result, 2, "is not the teacher of")
 
 
+@pytest.mark.parametrize("tolerance", ["0", "-1"])
+def test_verify_cache_refuses_a_tolerance_that_is_not_positive(teacher, full_dump, tolerance):
+    """A bad --tolerance is the user's mistake (exit 2), not a cache that fails its check (exit 1)."""
+    result = run_cli("verify-cache", "--checkpoint", teacher, "--cache", full_dump, "--tolerance", tolerance)
+    assert_one_line_error(result, 2, "--tolerance must be positive")
+
+
 def test_estimate_matches_the_arithmetic():
     est = schema.storage_bytes(8, 50_000, 100, "float16", 3, 10_000)
     assert est["logits"] == 8 * 50_000 * 100 * 2 == 80_000_000
