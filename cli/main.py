@@ -10,12 +10,32 @@ from bandistill import __version__
 from bandistill.errors import UserError, VerificationError
 
 
+def _usage_error(exc: click.UsageError) -> None:
+    """A malformed command line (bad option value, unknown option or command): one line, exit 2."""
+    where = exc.ctx.command_path if exc.ctx is not None else "bandistill"
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    click.echo(f"error: {message}; see '{where} --help'", err=True)
+    sys.exit(2)
+
+
 class BandistillGroup(click.Group):
     """A click group whose commands report :class:`UserError` as one line, exit 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # plain 'bandistill': click prints the help
+        except click.UsageError as exc:
+            _usage_error(exc)
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            _usage_error(exc)
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)

@@ -73,6 +73,21 @@ def test_non_positive_epochs(tmp_path, epochs):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "abc", "--out", "r"], "'--epochs'"),
+    (["models", "--num-classes", "0"], "'--num-classes'"),
+    (["train", "--model", "resnet-20", "--out", "r"], "--dataset"),
+    (["ensemble", "--average", "median"], "'--average'"),
+    (["train", "--epoch", "3"], "--epochs"),
+    (["trian"], "train"),
+])
+def test_malformed_command_line_is_one_line(args, fragment):
+    """click's own usage errors (bad value, missing or unknown option, typo in the command) are one line too."""
+    result = run(*args)
+    assert_one_line_error(result, fragment)
+    assert "Usage:" not in result.output
+
+
 def test_cuda_without_a_gpu(tmp_path):
     result = run("train", "--model", "resnet-20", "--dataset", "digits", "--device", "cuda", "--out", str(tmp_path / "r"))
     assert_one_line_error(result, "no", "GPU", "--device cpu")
