@@ -84,6 +84,8 @@ class TrainConfig:
             self.weight_decay = default_weight_decay(self.model)
         if self.weight_decay < 0:
             raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not self.cache_memory_budget_gb >= 0:
+            raise UserError(f"--cache-memory-gb must be >= 0 (0 streams the cache), got {self.cache_memory_budget_gb}")
         if self.teacher_logits is None:
             self.loss = "ce"
         return self

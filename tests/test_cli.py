@@ -72,7 +72,13 @@ def test_non_positive_epochs(tmp_path, epochs):
     assert_one_line_error(result, "--epochs must be a positive")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_negative_cache_memory_budget(tmp_path):
+    result = run("train", "--model", "resnet-20", "--dataset", "digits", "--cache-memory-gb", "-1",
+                 "--out", str(tmp_path / "r"))
+    assert_one_line_error(result, "--cache-memory-gb must be >= 0")
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "abc", "--out", "r"], "'--epochs'"),
     (["models", "--num-classes", "0"], "'--num-classes'"),
@@ -88,6 +94,7 @@ def test_malformed_command_line_is_one_line(args, fragment):
     assert "Usage:" not in result.output
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu(tmp_path):
     result = run("train", "--model", "resnet-20", "--dataset", "digits", "--device", "cuda", "--out", str(tmp_path / "r"))
     assert_one_line_error(result, "no", "GPU", "--device cpu")
