@@ -31,7 +31,7 @@ import numpy as np
 
 from bandistill import __version__
 from bandistill.errors import UserError, VerificationError
-from bandistill.export import BATCH_DIM, FORMAT, INPUT_NAME, read_metadata, set_metadata
+from bandistill.export import BATCH_DIM, FORMAT, INPUT_NAME, check_replaceable, read_metadata, set_metadata
 from bandistill.metrics import PROB_FLOOR, classification_metrics, log_softmax
 
 AVERAGES = ("probs", "logits")
@@ -610,6 +610,7 @@ def save_merged_onnx(
     out = Path(out).expanduser()
     if out.is_dir():
         raise UserError(f"--save-onnx {out} is a folder; give the .onnx file to write (e.g. {out / 'bane.onnx'})")
+    check_replaceable(out, "--save-onnx")
     members = load_members(paths, allow_mixed=allow_mixed)
     if any(m.path.resolve() == out.resolve() for m in members):
         raise UserError(f"--save-onnx {out} is one of the members; write the ensemble to another file")

@@ -81,6 +81,39 @@ class NormalizedModel(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
+def check_replaceable(out: Path, option: str) -> None:
+    """Refuse to write an ONNX model over an existing file that is not one (a checkpoint, a cache...).
+
+    Re-exporting over an earlier ``.onnx`` is normal; replacing a ``model.pt`` or an ``.h5``
+    cache because of a swapped argument would lose the user's work.
+    """
+    if not out.is_file() or out.stat().st_size == 0:
+        return
+    import zipfile
+
+    with open(out, "rb") as f:
+        head = f.read(8)
+    what = None
+    if zipfile.is_zipfile(out):
+        what = "a PyTorch checkpoint"
+    elif head.startswith(b"\x89HDF"):
+        what = "an HDF5 file"
+    else:
+        import onnx
+        from google.protobuf.message import DecodeError
+
+        try:
+            proto = onnx.load(str(out), load_external_data=False)
+            if proto.ir_version == 0 or not proto.graph.node:
+                what = "not an ONNX model"
+        except (DecodeError, ValueError, OSError, RuntimeError):
+            what = "not an ONNX model"
+    if what is not None:
+        what = what if what.startswith("not") else f"{what}, not an ONNX model"
+        raise UserError(f"{option} {out} already exists and is {what}; it was left as it is: "
+                        "choose another file name for the .onnx")
+
+
 # -- reading bandistill metadata back ------------------------------------------------------------
 def read_metadata(model) -> dict[str, str]:
     """The ``bandistill.*`` metadata of an ``onnx.ModelProto``, without the prefix."""
@@ -240,6 +273,7 @@ def export_checkpoint(
     out = Path(out_path).expanduser()
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the .onnx file to write (e.g. {out / 'gen0.onnx'})")
+    check_replaceable(out, "--out")
     if not tolerance > 0:
         raise UserError(f"--tolerance must be positive, got {tolerance}")
     if parity_samples < 2:

@@ -284,6 +284,25 @@ def test_refuses_what_is_not_a_bandistill_onnx_model(gens, tmp_path, kind) -> No
     _refused(["--onnx", str(gens["gen0"]), "--onnx", str(path)], message)
 
 
+@pytest.mark.parametrize("kind", ["checkpoint", "hdf5", "text"])
+def test_save_onnx_never_replaces_a_file_that_is_not_onnx(gens, tmp_path, kind) -> None:
+    """--save-onnx given a model.pt or a cache by mistake: refused, and the file is untouched."""
+    if kind == "checkpoint":
+        target = Path(shutil.copy(gens["ckpt0"], tmp_path / "model.pt"))
+    elif kind == "hdf5":
+        import h5py
+
+        target = tmp_path / "gen0.h5"
+        with h5py.File(target, "w") as f:
+            f["x"] = np.arange(3)
+    else:
+        target = tmp_path / "notes"
+        target.write_text("my notes\n")
+    before = target.read_bytes()
+    _refused(["--onnx", str(gens["gen0"]), str(gens["gen1"]), "--save-onnx", str(target)], "not an ONNX model")
+    assert target.read_bytes() == before
+
+
 def test_refuses_globs_and_paths_that_match_nothing(gens, tmp_path) -> None:
     _refused(["--onnx", str(tmp_path / "gen*.onnx")], "matches no file")
     _refused(["--onnx", str(tmp_path / "gen9.onnx")], "does not exist")

@@ -147,6 +147,19 @@ def test_bad_checkpoint_is_one_line_exit_2(tmp_path, content, message) -> None:
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_out_that_is_a_checkpoint_is_refused_and_kept(gen0_ckpt, tmp_path) -> None:
+    """Two --out values given in the wrong order must not turn a model.pt into an ONNX file."""
+    import shutil
+
+    victim = Path(shutil.copy(gen0_ckpt, tmp_path / "model.pt"))
+    before = victim.read_bytes()
+    res = CliRunner().invoke(cli, ["export", "--checkpoint", str(gen0_ckpt), "--checkpoint", str(gen0_ckpt.parent / "last.pt"),
+                                   "--out", str(tmp_path / "a.onnx"), "--out", str(victim)])
+    assert res.exit_code == 2, res.output
+    assert "PyTorch checkpoint" in res.output and len(res.output.strip().splitlines()) == 1
+    assert victim.read_bytes() == before
+
+
 def test_provider_choice_on_this_machine() -> None:
     assert resolve_providers("cpu") == ["CPUExecutionProvider"]
     if not torch.cuda.is_available():
