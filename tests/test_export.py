@@ -88,7 +88,7 @@ def test_old_opset_uses_the_torchscript_exporter(gen0_ckpt, digits, tmp_path) ->
         export_checkpoint(gen0_ckpt, tmp_path / "x.onnx", opset=99)
 
 
-def test_failed_parity_exits_1_and_leaves_no_file(gen0_ckpt, tmp_path) -> None:
+def test_failed_parity_exits_1_and_leaves_no_file(gen0_ckpt, gen0_onnx, tmp_path) -> None:
     out = tmp_path / "onnx" / "gen0.onnx"
     args = ["export", "--checkpoint", str(gen0_ckpt), "--out", str(out), "--exporter", "torchscript",
             "--tolerance", "1e-12"]
@@ -97,10 +97,11 @@ def test_failed_parity_exits_1_and_leaves_no_file(gen0_ckpt, tmp_path) -> None:
     assert "differ from PyTorch" in res.output and "Traceback" not in res.output
     assert not out.exists() and not [p for p in out.parent.iterdir() if p.suffix == ".tmp"]
     # an earlier good file under the final name is left as it was
-    out.write_bytes(b"old")
+    old = gen0_onnx[0].read_bytes()
+    out.write_bytes(old)
     with pytest.raises(VerificationError, match="kept its old contents"):
         export_checkpoint(gen0_ckpt, out, exporter="torchscript", tolerance=1e-12)
-    assert out.read_bytes() == b"old"
+    assert out.read_bytes() == old
 
 
 def test_export_cli_json_and_folder_of_runs(gen0_ckpt, digits, tmp_path) -> None:
