@@ -158,12 +158,17 @@ def _max_opset() -> int:
     return int(onnx.defs.onnx_opset_version())
 
 
+def check_opset(opset: int | None) -> None:
+    """Raise :class:`UserError` for an opset this onnx cannot write (``None``: the exporter's default)."""
+    if opset is not None and not 7 <= opset <= _max_opset():
+        raise UserError(f"--opset {opset} is out of range: use 7..{_max_opset()} (or leave it out for the exporter's default)")
+
+
 def _choose_exporter(exporter: str, opset: int | None) -> str:
     exporter = (exporter or "auto").lower()
     if exporter not in EXPORTERS:
         raise UserError(f"unknown exporter '{exporter}': use auto, dynamo or torchscript")
-    if opset is not None and not 7 <= opset <= _max_opset():
-        raise UserError(f"--opset {opset} is out of range: use 7..{_max_opset()} (or leave it out for the exporter's default)")
+    check_opset(opset)
     if exporter == "auto":
         return "torchscript" if opset is not None and opset < DYNAMO_MIN_OPSET else "dynamo"
     if exporter == "dynamo" and opset is not None and opset < DYNAMO_MIN_OPSET:

@@ -67,6 +67,19 @@ class BanOptions:
             raise UserError(f"--epochs must be a positive integer, got {self.epochs}")
         if self.transfer_ends and not self.student_model:
             raise UserError("--transfer-ends needs --student-model (it copies the teacher's ends into another architecture)")
+        # Every option a later stage checks is checked here, before any stage runs: a re-run with a
+        # bad value must not first clear the finished stages that value would have re-run.
+        from bandistill.cache.schema import DTYPES
+        from bandistill.export import check_opset
+        from bandistill.losses import make_loss
+
+        for model in {self.model, self.student_model or self.model}:
+            TrainConfig(model=model, dataset=self.dataset, epochs=self.epochs, batch_size=self.batch_size,
+                        lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule).validate()
+        make_loss(self.loss, temperature=self.temperature, alpha=self.alpha)
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_opset(self.opset)
         return self
 
     def chain_seeds(self) -> list[int]:

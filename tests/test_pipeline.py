@@ -121,6 +121,13 @@ def test_repeats_report_mean_and_std(tmp_path):
     (["--views", "0"], "--views must be at least 1"),
     (["--model", "wrn-27-10"], "wrn-27-10"),
     (["--transfer-ends"], "--transfer-ends needs --student-model"),
+    # checked before any stage runs (they used to surface only in gen1.train or gen0.export, after a
+    # re-run had already cleared the finished stages the changed value would re-run)
+    (["--temperature", "-1"], "--temperature must be positive"),
+    (["--alpha", "2"], "--alpha must be between 0 and 1"),
+    (["--opset", "3"], "--opset 3 is out of range"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
 ])
 def test_ban_refuses_bad_options(tmp_path, args, fragment):
     base = {"--model": "resnet-20", "--dataset": "digits", "--out": str(tmp_path / "x")}
@@ -130,6 +137,8 @@ def test_ban_refuses_bad_options(tmp_path, args, fragment):
             argv += [key, value]
     result = CliRunner().invoke(cli, argv + args)
     assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "x").exists()  # refused before any stage ran
 
 
 def test_report_of_a_folder_without_a_run(tmp_path):
