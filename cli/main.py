@@ -22,6 +22,7 @@ class BandistillGroup(click.Group):
     """A click group whose commands report :class:`UserError` as one line, exit 2."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["bandistill.argv"] = list(args)
         try:
             return super().parse_args(ctx, args)
         except click.exceptions.NoArgsIsHelpError:
@@ -49,7 +50,11 @@ class BandistillGroup(click.Group):
             click.echo(f"error: {exc.strerror or exc}{where}; check the path and its permissions", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted; run the same command again to resume", err=True)
+            if ctx.invoked_subcommand == "train" and "--resume" not in ctx.meta.get("bandistill.argv", []):
+                # a second plain 'train' refuses the half-written --out folder; it needs --resume
+                click.echo("interrupted; run the same command again with --resume to continue", err=True)
+            else:
+                click.echo("interrupted; run the same command again to resume", err=True)
             sys.exit(130)
 
 

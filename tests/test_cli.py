@@ -111,3 +111,17 @@ def test_unwritable_output_path_is_one_line(tmp_path, digits_gen0):
     result = run("export", "--checkpoint", digits_gen0["checkpoint"], "--out", str(blocker / "gen0.onnx"))
     assert_one_line_error(result, "a-file", "check the path")
     assert blocker.read_text() == ""
+
+
+@pytest.mark.parametrize("extra, hint", [([], "again with --resume"), (["--resume"], "same command again to resume")])
+def test_interrupted_train_says_how_to_continue(tmp_path, monkeypatch, extra, hint):
+    """Ctrl-C in train: exit 130 and a hint that works (a plain re-run refuses the half-written folder)."""
+    import bandistill.cli.train as train_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_cli, "train", interrupted)
+    result = run("train", "--model", "resnet-20", "--dataset", "digits", "--out", str(tmp_path / "r"), *extra)
+    assert result.exit_code == 130, result.output
+    assert hint in result.stderr and len(result.stderr.strip().splitlines()) == 1
