@@ -243,6 +243,19 @@ def find_evaluations(out: str | Path) -> list[Path]:
     return sorted(out.glob(f"seed-*/{EVALUATION_FILE}"))
 
 
+def _read_evaluation(path: Path) -> dict[str, Any]:
+    """One chain's evaluation.json, or :class:`UserError` when it is damaged (cut short, edited)."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = exc
+    keys = ("network", "parameters", "seed", "columns", "cells", "test_samples")
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        raise UserError(f"{path} is damaged (not a complete evaluation); delete it and rerun the same "
+                        "'bandistill ban' command to evaluate the generations again")
+    return data
+
+
 def build_report(out: str | Path) -> dict[str, Any]:
     """Regenerate report.md, report.json and report.png from the evaluations on disk."""
     from bandistill.report import aggregate, markdown, write_report
@@ -253,7 +266,7 @@ def build_report(out: str | Path) -> dict[str, Any]:
     paths = find_evaluations(out)
     if not paths:
         raise UserError(f"{out} holds no finished born-again run (no {EVALUATION_FILE}); run 'bandistill ban --out {out}' first")
-    chains = [json.loads(p.read_text()) for p in paths]
+    chains = [_read_evaluation(p) for p in paths]
     by_network: dict[str, list[dict[str, Any]]] = {}
     for c in chains:
         by_network.setdefault(c["network"], []).append(c)

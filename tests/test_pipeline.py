@@ -141,6 +141,15 @@ def test_ban_refuses_bad_options(tmp_path, args, fragment):
     assert not (tmp_path / "x").exists()  # refused before any stage ran
 
 
+@pytest.mark.parametrize("content", ['{"columns": ["baseline"], "cel', "{}", "[1, 2]"])
+def test_report_of_a_damaged_evaluation_is_one_line(tmp_path, content):
+    (tmp_path / "evaluation.json").write_text(content)
+    result = CliRunner().invoke(cli, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "is damaged" in result.output and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert (tmp_path / "evaluation.json").read_text() == content
+
+
 def test_report_of_a_folder_without_a_run(tmp_path):
     result = CliRunner().invoke(cli, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "no finished born-again run" in result.output
