@@ -37,8 +37,9 @@ METRICS_FILE = "metrics.jsonl"
 STEP_MILESTONES = (0.3, 0.6, 0.8)
 STEP_GAMMA = 0.2
 
-#: Config keys that may change on --resume without invalidating the run.
-RESUME_FREE_KEYS = ("device", "data_dir", "download")
+#: Config keys that may change on --resume without invalidating the run (the result does not depend
+#: on the cache memory budget; see bandistill.distill).
+RESUME_FREE_KEYS = ("device", "data_dir", "download", "cache_memory_budget_gb")
 
 
 @dataclass
@@ -201,6 +202,10 @@ class TrainRun:
         saved = dict(state["config"])
         mine = self.config.to_dict()
         diff = [k for k in mine if k not in RESUME_FREE_KEYS and saved.get(k) != mine[k]]
+        if "teacher_logits" in diff and self.targets is not None and saved.get("teacher_logits"):
+            # the same cache under another path (./c.h5 for c.h5, a moved run folder): compare contents
+            if (state.get("teacher") or {}).get("cache_digest") == self.targets.digest:
+                diff.remove("teacher_logits")
         if diff:
             k = diff[0]
             raise UserError(

@@ -154,6 +154,22 @@ def test_student_is_the_same_whether_the_cache_is_in_memory_or_streamed(cache, t
         assert torch.equal(value, runs[0.0][key]), key
 
 
+def test_resume_accepts_the_same_cache_under_another_path_and_budget(cache, tmp_path):
+    """A student resumed with ./c.h5 for c.h5, a moved cache or another --cache-memory-gb is the same run."""
+    from bandistill.errors import UserError
+    from bandistill.train import train
+
+    config = dict(model="resnet-20", dataset="digits", epochs=1, device="cpu", seed=3)
+    train(TrainConfig(**config, teacher_logits=str(cache)), tmp_path / "s", progress=False)
+    moved = Path(shutil.copy(cache, tmp_path / "moved.h5"))
+    result = train(TrainConfig(**config, teacher_logits=str(moved), cache_memory_budget_gb=0.0), tmp_path / "s",
+                   resume=True, progress=False)
+    assert result["epochs"] == 1
+    other = _copy_with(cache, tmp_path / "other.h5", created_by="someone else")  # other bytes: another cache
+    with pytest.raises(UserError, match="cannot resume"):
+        train(TrainConfig(**config, teacher_logits=str(other)), tmp_path / "s", resume=True, progress=False)
+
+
 # -- refusals -------------------------------------------------------------------------------------
 def _copy_with(cache: Path, dest: Path, **attrs) -> Path:
     shutil.copy(cache, dest)
