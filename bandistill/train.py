@@ -361,5 +361,9 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
         if int(state["epoch"]) >= config.epochs:  # already finished: report it, do not retrain
             run._build()
             run._restore()
+            try:
+                load_checkpoint(run.out / MODEL_FILE)
+            except UserError:  # damaged since: rewrite it from the complete resume state
+                save_checkpoint(run._checkpoint(config.epochs, final=True), run.out / MODEL_FILE)
             return run.result()
     return run.run()

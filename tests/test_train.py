@@ -127,3 +127,25 @@ def test_transfer_ends_copies_and_freezes_matching_layers(digits_gen0, tmp_path)
     with pytest.raises(UserError, match="shapes differ"):
         train(TrainConfig(model="densenet-bc-10-4", dataset="digits", epochs=1,
                           transfer_ends_from=digits_gen0["checkpoint"]), tmp_path / "d", progress=False)
+
+
+def test_a_damaged_final_file_is_rewritten_from_the_resume_state(tmp_path):
+    config = dict(model="resnet-20", dataset="digits", epochs=1, seed=0, device="cpu")
+    first = train(TrainConfig(**config), tmp_path / "r", progress=False)
+    good = load_checkpoint(tmp_path / "r" / "model.pt")["state_dict"]
+    path = tmp_path / "r" / "model.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    again = train(TrainConfig(**config), tmp_path / "r", resume=True, progress=False)
+    assert again["test_accuracy"] == first["test_accuracy"]
+    repaired = load_checkpoint(path)["state_dict"]
+    assert all(torch.equal(good[k], repaired[k]) for k in good)
+
+
+def test_written_files_follow_the_umask(digits_gen0):
+    import os
+    import stat
+
+    mode = stat.S_IMODE(os.stat(digits_gen0["checkpoint"]).st_mode)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert mode == 0o666 & ~mask
