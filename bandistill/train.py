@@ -246,10 +246,23 @@ class TrainRun:
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train the epochs still to do, write ``model.pt``, return the summary.
+
+        A finished run (resumed) trains nothing and keeps its ``model.pt``, unless that file
+        can no longer be read: then it is rewritten from the complete resume state.
+        """
         self._build()
         self._restore()
-        c, dev = self.config, self.device
         self.out.mkdir(parents=True, exist_ok=True)
+        trained = self.start_epoch < self.config.epochs
+        if trained:
+            self._train_epochs()
+        if trained or not _readable(self.out / MODEL_FILE):
+            save_checkpoint(self._checkpoint(self.config.epochs, final=True), self.out / MODEL_FILE)
+        return self.result()
+
+    def _train_epochs(self) -> None:
+        c, dev = self.config, self.device
         self._rewrite_metrics()
         train_x = self.dataset.train_images.to(dev)
         train_y = self.dataset.train_labels.to(dev)
@@ -308,8 +321,6 @@ class TrainRun:
                 progress.update(
                     task, advance=1, info=f"loss {record['loss']:.3f} test acc {record['test_accuracy']:.3f}"
                 )
-        save_checkpoint(self._checkpoint(c.epochs, final=True), self.out / MODEL_FILE)
-        return self.result()
 
     def _evaluate(self, mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
         ds = self.dataset
@@ -352,18 +363,20 @@ class TrainRun:
 
 
 def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train one generation into ``out`` and return its summary (see README for the files)."""
+    """Train one generation into ``out`` and return its summary (see README for the files).
+
+    With ``resume``, an interrupted run continues from ``last.pt`` and a finished one is
+    reported without retraining.
+    """
     run = TrainRun(config, out, resume=resume, progress=progress)
     if resume and (run.out / MODEL_FILE).exists() and not (run.out / LAST_FILE).exists():
         raise UserError(f"{run.out} holds a finished run without resume state; choose another --out")
-    if resume and (run.out / MODEL_FILE).exists():
-        state = load_checkpoint(run.out / LAST_FILE)
-        if int(state["epoch"]) >= config.epochs:  # already finished: report it, do not retrain
-            run._build()
-            run._restore()
-            try:
-                load_checkpoint(run.out / MODEL_FILE)
-            except UserError:  # damaged since: rewrite it from the complete resume state
-                save_checkpoint(run._checkpoint(config.epochs, final=True), run.out / MODEL_FILE)
-            return run.result()
     return run.run()
+
+
+def _readable(path: Path) -> bool:
+    try:
+        load_checkpoint(path)
+        return True
+    except UserError:
+        return False
