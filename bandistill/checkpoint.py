@@ -76,6 +76,24 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
     return model.eval()
 
 
+def normalization(ckpt: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and std (float32, images in [0, 1]) the checkpoint's model was trained with."""
+    norm = ckpt["normalization"]
+    return torch.tensor(norm["mean"], dtype=torch.float32), torch.tensor(norm["std"], dtype=torch.float32)
+
+
+def checkpoint_dataset(ckpt: dict[str, Any], name: str | None = None, data_dir: str | os.PathLike | None = None):
+    """Load dataset ``name`` (default: the checkpoint's) with the validation split the run carved.
+
+    A run trained with ``--val-split`` saw a reduced train split; its logits, parity checks
+    and fingerprints refer to that split, so every reader of a checkpoint loads it the same way.
+    """
+    from bandistill.data import load_dataset
+
+    config = ckpt.get("config") or {}
+    return load_dataset(name or ckpt["dataset"]["name"], data_dir, val_split=float(config.get("val_split") or 0.0))
+
+
 def file_digest(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes (short form), used to record lineage."""
     h = hashlib.sha256()

@@ -27,8 +27,8 @@ import torch
 from bandistill.cache import schema
 from bandistill.cache.reader import open_cache
 from bandistill.cache.writer import CacheWriter, read_partial_state
-from bandistill.checkpoint import file_digest, load_checkpoint, model_from_checkpoint
-from bandistill.data import ImageDataset, load_dataset
+from bandistill.checkpoint import checkpoint_dataset, file_digest, load_checkpoint, model_from_checkpoint, normalization
+from bandistill.data import ImageDataset
 from bandistill.device import resolve_device
 from bandistill.errors import UserError
 from bandistill.inference import accuracy_and_nll, predict_logits
@@ -53,8 +53,7 @@ def load_teacher(ckpt: dict[str, Any], device: torch.device) -> torch.nn.Module:
 
 def teacher_dataset(ckpt: dict[str, Any], dataset: str, data_dir: str | None) -> ImageDataset:
     """Load ``dataset`` with the teacher's validation split, and refuse it unless it is the teacher's data."""
-    val_split = float(ckpt.get("config", {}).get("val_split") or 0.0)
-    ds = load_dataset(dataset, data_dir, val_split=val_split)
+    ds = checkpoint_dataset(ckpt, dataset, data_dir)
     mine = ckpt["dataset"]
     if ds.name != mine["name"]:
         raise UserError(f"the checkpoint was trained on '{mine['name']}', not '{ds.name}'; "
@@ -111,9 +110,7 @@ class LogitDump:
                             f"{self.dataset.name}'s {self.policy.to_json()}; retrain the teacher with this version")
         self.teacher_digest = file_digest(self.checkpoint)
         self.model = load_teacher(self.ckpt, self.device)
-        norm = self.ckpt["normalization"]
-        self.mean = torch.tensor(norm["mean"], dtype=torch.float32)
-        self.std = torch.tensor(norm["std"], dtype=torch.float32)
+        self.mean, self.std = normalization(self.ckpt)
         self.estimate = schema.storage_bytes(
             self.views, self.dataset.num_train, self.dataset.num_classes, dtype,
             self.policy.num_params, int(self.dataset.test_labels.shape[0]),

@@ -34,7 +34,9 @@ import torch
 from torch import nn
 
 from bandistill import __version__
-from bandistill.checkpoint import atomic_write, file_digest, load_checkpoint, model_from_checkpoint
+from bandistill.checkpoint import (
+    atomic_write, checkpoint_dataset, file_digest, load_checkpoint, model_from_checkpoint, normalization,
+)
 from bandistill.errors import UserError, VerificationError
 
 FORMAT = "bandistill-onnx"
@@ -70,11 +72,11 @@ class NormalizedModel(nn.Module):
     :func:`bandistill.views.normalize`, so ONNX and PyTorch agree to rounding.
     """
 
-    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, net: nn.Module, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> None:
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image.to(torch.float32) / 255.0
@@ -225,15 +227,14 @@ def _export_proto(module: nn.Module, sample: torch.Tensor, opset: int | None, ex
 
 def _parity_images(ckpt: dict[str, Any], dataset, data_dir, samples: int) -> torch.Tensor:
     """Real test images of the checkpoint's dataset for the parity check."""
-    from bandistill.data import ImageDataset, load_dataset
+    from bandistill.data import ImageDataset
 
     info = ckpt["dataset"]
     if not isinstance(dataset, ImageDataset):
-        config = ckpt.get("config") or {}
         name = dataset or info["name"]
-        where = data_dir if data_dir is not None else config.get("data_dir")
+        where = data_dir if data_dir is not None else (ckpt.get("config") or {}).get("data_dir")
         try:
-            dataset = load_dataset(name, where, val_split=float(config.get("val_split") or 0.0))
+            dataset = checkpoint_dataset(ckpt, name, where)
         except UserError as exc:
             raise UserError(f"the export is checked on real {name} test images, which failed to load: {exc}") from None
     shape = tuple(int(s) for s in info.get("image_shape") or dataset.image_shape)
@@ -289,12 +290,12 @@ def export_checkpoint(
     if missing:
         raise UserError(f"{ckpt_path} lacks {', '.join(missing)}; pass a model.pt written by 'bandistill train'")
     net = model_from_checkpoint(ckpt).float()
-    mean, std = ckpt["normalization"]["mean"], ckpt["normalization"]["std"]
+    mean, std = normalization(ckpt)
     module = NormalizedModel(net, mean, std).eval()
     images = _parity_images(ckpt, dataset, data_dir, parity_samples)
     if images.shape[0] < 2:
         raise UserError(f"the parity check needs at least 2 images of {ckpt['dataset']['name']}, found {images.shape[0]}")
-    reference = predict_logits(net, images, torch.tensor(mean), torch.tensor(std)).numpy()
+    reference = predict_logits(net, images, mean, std).numpy()
 
     info = ckpt["dataset"]
     shape = [int(s) for s in info.get("image_shape") or images.shape[1:]]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bandistill.cache.reader import open_cache
-from bandistill.checkpoint import file_digest, load_checkpoint
+from bandistill.checkpoint import file_digest, load_checkpoint, normalization
 from bandistill.device import resolve_device
 from bandistill.dump import load_teacher, teacher_dataset
 from bandistill.errors import UserError
@@ -91,8 +91,7 @@ def verify_cache(
     test_idx = np.sort(rng.choice(len(test_labels), size=n_test, replace=False))
 
     model = load_teacher(ckpt, dev)
-    mean = torch.tensor(ckpt["normalization"]["mean"])
-    std = torch.tensor(ckpt["normalization"]["std"])
+    mean, std = normalization(ckpt)
     live = predict_logits(model, ds.train_images[torch.from_numpy(idx)], mean, std, policy=policy,
                           params=torch.from_numpy(params), device=dev, batch_size=256).numpy()
     live_test = predict_logits(model, ds.test_images[torch.from_numpy(test_idx)], mean, std, device=dev,

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bandistill.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from bandistill.checkpoint import load_checkpoint, model_from_checkpoint, normalization, save_checkpoint
 from bandistill.data import ImageDataset, load_dataset
 from bandistill.device import resolve_device
 from bandistill.ensemble import combine, load_members, save_merged_onnx, to_log_probs
@@ -91,8 +91,8 @@ class TorchEnsemble:
             ckpt = load_checkpoint(path)
             net = model_from_checkpoint(ckpt).to(device, memory_format=torch.channels_last).eval()
             self.nets.append(net)
-            self.norms.append((torch.tensor(ckpt["normalization"]["mean"], device=device),
-                               torch.tensor(ckpt["normalization"]["std"], device=device)))
+            mean, std = normalization(ckpt)
+            self.norms.append((mean.to(device), std.to(device)))
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, batch_size: int) -> np.ndarray:
