@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+from bandistill.cache.schema import partial_path
 from bandistill.checkpoint import atomic_write, load_checkpoint
 from bandistill.data import load_dataset
 from bandistill.errors import UserError
@@ -152,7 +153,7 @@ class Chain:
                     lambda: _summary(dump_logits(teacher_ckpt, o.dataset, cache, views=o.views, data_dir=o.data_dir,
                                                  seed=self.seed + k - 1, dtype=o.dtype, device=o.device,
                                                  overwrite=False, progress=self.progress, log=self.log)),
-                    cleanup=[cache, cache.with_name(cache.name + ".partial")],
+                    cleanup=[cache, Path(partial_path(cache))],
                 )
                 config.teacher_logits = str(cache)
                 config.loss, config.temperature, config.alpha = o.loss, o.temperature, o.alpha
