@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from click.testing import CliRunner
 
 
 def write_cifar(root: Path, key: str = "cifar10", n_train: int = 50, n_test: int = 20, seed: int = 0) -> Path:
@@ -79,3 +81,61 @@ def digits_gen0(tmp_path_factory) -> dict:
 
     out = tmp_path_factory.mktemp("gen0")
     return train(TrainConfig(model="resnet-20", dataset="digits", epochs=2, seed=0, device="cpu"), out, progress=False)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The digits dataset (read-only: tests must not modify its tensors)."""
+    from bandistill.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(digits_gen0) -> Path:
+    """The model.pt of :func:`digits_gen0` (copy it before deleting or damaging it)."""
+    return Path(digits_gen0["checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def digits_cache(digits_teacher, tmp_path_factory) -> Path:
+    """A complete 4-view cache of the digits teacher (copy it before modifying it)."""
+    from bandistill.dump import dump_logits
+
+    out = tmp_path_factory.mktemp("cache") / "gen0.h5"
+    dump_logits(digits_teacher, "digits", out, views=4, device="cpu", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models: on a shared 2-core box, two spinning
+    OpenMP threads next to another busy process slow them down 50x. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_cli(*args):
+    """Invoke the ``bandistill`` command group in-process (arguments may be paths or numbers)."""
+    from bandistill.cli.main import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments: str, code: int = 2) -> str:
+    """The command failed with ``code`` and one line on stderr, with no traceback.
+
+    A user error (code 2) prints nothing else at all; a failed self-check (code 1) may
+    have printed its report on stdout first.
+    """
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output, result.output
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1, result.output
+    if code == 2:
+        assert [line for line in result.output.splitlines() if line.strip()] == [err], result.output
+    for fragment in fragments:
+        assert fragment in err, err
+    return err

@@ -15,59 +15,32 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from bandistill.cache import schema
 from bandistill.cache.reader import open_cache
 from bandistill.checkpoint import file_digest, load_checkpoint, save_checkpoint
-from bandistill.cli.main import cli
+from conftest import assert_one_line_error, run_cli
 from bandistill.distill import open_soft_targets
 from bandistill.dump import DumpInterrupted, LogitDump, dump_logits, is_complete
 from bandistill.errors import UserError
 from bandistill.inference import predict_logits
-from bandistill.train import TrainConfig, train
+from bandistill.train import TrainConfig
 from bandistill.views import normalize
 
 N_TRAIN, N_TEST, N_CLASSES = 1438, 359, 10  # digits' fixed 80/20 split
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core box, two spinning OpenMP threads next to another
-    busy process slow tiny models down 50x. Restored after this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    """A real resnet-20 teacher trained for 2 epochs on digits (about a second)."""
-    out = tmp_path_factory.mktemp("gen0")
-    train(TrainConfig(model="resnet-20", dataset="digits", epochs=2, device="cpu"), out, progress=False)
-    return out / "model.pt"
+@pytest.fixture
+def teacher(digits_teacher) -> Path:
+    return digits_teacher
 
 
-@pytest.fixture(scope="module")
-def full_dump(teacher, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cache") / "gen0.h5"
-    dump_logits(teacher, "digits", out, views=4, device="cpu", progress=False)
-    return out
-
-
-def run_cli(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_one_line_error(result, code: int = 2, *needles: str) -> str:
-    assert result.exit_code == code, result.output
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in err, err
-    return err
+@pytest.fixture
+def full_dump(digits_cache) -> Path:
+    return digits_cache
 
 
 # -- the file contract ---------------------------------------------------------------------
@@ -186,7 +159,7 @@ def test_other_settings_on_an_existing_cache_are_refused_unless_overwrite(teache
     shutil.copy(full_dump, out)
     result = run_cli("dump-logits", "--checkpoint", teacher, "--dataset", "digits", "--views", 4, "--seed", 1,
                      "--device", "cpu", "--out", out)
-    assert_one_line_error(result, 2, "other settings", "seed=0, not 1", "--overwrite")
+    assert_one_line_error(result, "other settings", "seed=0, not 1", "--overwrite")
     result = run_cli("dump-logits", "--checkpoint", teacher, "--dataset", "digits", "--views", 4, "--seed", 1,
                      "--device", "cpu", "--out", out, "--overwrite")
     assert result.exit_code == 0, result.output
@@ -200,7 +173,7 @@ def test_unfinished_dump_with_other_settings_is_refused(teacher, tmp_path):
         dump_logits(teacher, "digits", out, views=3, device="cpu", progress=False, stop_after_views=1)
     result = run_cli("dump-logits", "--checkpoint", teacher, "--dataset", "digits", "--views", 3,
                      "--dtype", "float32", "--device", "cpu", "--out", out)
-    assert_one_line_error(result, 2, "unfinished dump", "dtype='float16', not 'float32'")
+    assert_one_line_error(result, "unfinished dump", "dtype='float16', not 'float32'")
 
 
 def test_unreadable_partial_file_is_started_over(teacher, tmp_path):
@@ -217,7 +190,7 @@ def test_output_that_is_not_a_cache_is_not_clobbered(teacher, tmp_path):
     out.write_text("my notes")
     result = run_cli("dump-logits", "--checkpoint", teacher, "--dataset", "digits", "--views", 2,
                      "--device", "cpu", "--out", out)
-    assert_one_line_error(result, 2, "already exists", "--overwrite")
+    assert_one_line_error(result, "already exists", "--overwrite")
     assert out.read_text() == "my notes"
 
 
@@ -228,17 +201,17 @@ def test_dump_refuses_a_checkpoint_trained_on_other_data(teacher, tmp_path):
     save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "format_version")}, other)
     result = run_cli("dump-logits", "--checkpoint", other, "--dataset", "digits", "--views", 2,
                      "--device", "cpu", "--out", tmp_path / "c.h5")
-    assert_one_line_error(result, 2, "other digits data", "fingerprint")
+    assert_one_line_error(result, "other digits data", "fingerprint")
     assert not (tmp_path / "c.h5").exists() and not Path(schema.partial_path(str(tmp_path / "c.h5"))).exists()
 
 
 def test_dump_refuses_bad_options(teacher, tmp_path):
     result = run_cli("dump-logits", "--checkpoint", teacher, "--dataset", "digits", "--views", 0,
                      "--out", tmp_path / "c.h5")
-    assert_one_line_error(result, 2, "--views")
+    assert_one_line_error(result, "--views")
     result = run_cli("dump-logits", "--checkpoint", tmp_path / "missing.pt", "--dataset", "digits", "--views", 2,
                      "--out", tmp_path / "c.h5")
-    assert_one_line_error(result, 2, "does not exist")
+    assert_one_line_error(result, "does not exist")
 
 
 @pytest.mark.slow
@@ -298,7 +271,7 @@ def test_verify_cache_fails_with_exit_1_on_wrong_logits(teacher, full_dump, tmp_
     with h5py.File(bad, "r+") as f:
         f["logits"][1] = f["logits"][1] + np.float16(0.5)  # view 1 no longer matches its images
     result = run_cli("verify-cache", "--checkpoint", teacher, "--cache", bad, "--samples", 64, "--device", "cpu")
-    err = assert_one_line_error(result, 1, "exceeds the tolerance")
+    err = assert_one_line_error(result, "exceeds the tolerance", code=1)
     assert "FAILED" in result.stdout and err.startswith("failed:")
 
 
@@ -308,14 +281,14 @@ def test_verify_cache_refuses_a_checkpoint_that_is_not_the_teacher(teacher, full
     ckpt["epoch"] = 99  # same weights, other file: not the checkpoint the cache was made from
     save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "format_version")}, other)
     result = run_cli("verify-cache", "--checkpoint", other, "--cache", full_dump)
-    assert_one_line_error(result, 2, "is not the teacher of")
+    assert_one_line_error(result, "is not the teacher of")
 
 
 @pytest.mark.parametrize("tolerance", ["0", "-1"])
 def test_verify_cache_refuses_a_tolerance_that_is_not_positive(teacher, full_dump, tolerance):
     """A bad --tolerance is the user's mistake (exit 2), not a cache that fails its check (exit 1)."""
     result = run_cli("verify-cache", "--checkpoint", teacher, "--cache", full_dump, "--tolerance", tolerance)
-    assert_one_line_error(result, 2, "--tolerance must be positive")
+    assert_one_line_error(result, "--tolerance must be positive")
 
 
 def test_estimate_matches_the_arithmetic():

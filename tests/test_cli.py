@@ -8,25 +8,12 @@ import sys
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from bandistill.cli.main import cli
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args))
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from conftest import assert_one_line_error, run_cli
 
 
 def test_train_json(tmp_path):
-    result = run("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "1", "--out",
+    result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "1", "--out",
                  str(tmp_path / "r"), "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -36,7 +23,7 @@ def test_train_json(tmp_path):
 
 
 def test_models_json_lists_parameter_counts():
-    result = run("models", "--num-classes", "100", "--json")
+    result = run_cli("models", "--num-classes", "100", "--json")
     assert result.exit_code == 0, result.output
     models = {m["name"]: m["parameters"] for m in json.loads(result.stdout)["models"]}
     assert models["densenet-bc-100-12"] == pytest.approx(0.80e6, rel=0.01)
@@ -44,17 +31,17 @@ def test_models_json_lists_parameter_counts():
 
 
 def test_unknown_model_names_the_closest(tmp_path):
-    result = run("train", "--model", "resnet-21", "--dataset", "digits", "--out", str(tmp_path / "r"))
+    result = run_cli("train", "--model", "resnet-21", "--dataset", "digits", "--out", str(tmp_path / "r"))
     assert_one_line_error(result, "resnet-21", "resnet-20")
 
 
 def test_unknown_dataset(tmp_path):
-    assert_one_line_error(run("train", "--model", "resnet-20", "--dataset", "cifar11", "--out", str(tmp_path / "r")),
+    assert_one_line_error(run_cli("train", "--model", "resnet-20", "--dataset", "cifar11", "--out", str(tmp_path / "r")),
                           "cifar11", "cifar10")
 
 
 def test_missing_data_folder(tmp_path):
-    result = run("train", "--model", "resnet-20", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nothing"),
+    result = run_cli("train", "--model", "resnet-20", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nothing"),
                  "--out", str(tmp_path / "r"))
     assert_one_line_error(result, "cifar-10-batches-py", "--download")
     assert not (tmp_path / "r").exists()
@@ -62,18 +49,18 @@ def test_missing_data_folder(tmp_path):
 
 def test_out_holding_another_run(digits_gen0):
     out = digits_gen0["checkpoint"].rsplit("/", 1)[0]
-    result = run("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "2", "--out", out)
+    result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "2", "--out", out)
     assert_one_line_error(result, "already holds a run", "--resume")
 
 
 @pytest.mark.parametrize("epochs", ["0", "-3"])
 def test_non_positive_epochs(tmp_path, epochs):
-    result = run("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", epochs, "--out", str(tmp_path / "r"))
+    result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", epochs, "--out", str(tmp_path / "r"))
     assert_one_line_error(result, "--epochs must be a positive")
 
 
 def test_negative_cache_memory_budget(tmp_path):
-    result = run("train", "--model", "resnet-20", "--dataset", "digits", "--cache-memory-gb", "-1",
+    result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--cache-memory-gb", "-1",
                  "--out", str(tmp_path / "r"))
     assert_one_line_error(result, "--cache-memory-gb must be >= 0")
     assert not (tmp_path / "r").exists()
@@ -89,14 +76,14 @@ def test_negative_cache_memory_budget(tmp_path):
 ])
 def test_malformed_command_line_is_one_line(args, fragment):
     """click's own usage errors (bad value, missing or unknown option, typo in the command) are one line too."""
-    result = run(*args)
+    result = run_cli(*args)
     assert_one_line_error(result, fragment)
     assert "Usage:" not in result.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu(tmp_path):
-    result = run("train", "--model", "resnet-20", "--dataset", "digits", "--device", "cuda", "--out", str(tmp_path / "r"))
+    result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--device", "cuda", "--out", str(tmp_path / "r"))
     assert_one_line_error(result, "no", "GPU", "--device cpu")
 
 
@@ -108,7 +95,7 @@ def test_console_script_and_module_entry_point():
 def test_unwritable_output_path_is_one_line(tmp_path, digits_gen0):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    result = run("export", "--checkpoint", digits_gen0["checkpoint"], "--out", str(blocker / "gen0.onnx"))
+    result = run_cli("export", "--checkpoint", digits_gen0["checkpoint"], "--out", str(blocker / "gen0.onnx"))
     assert_one_line_error(result, "a-file", "check the path")
     assert blocker.read_text() == ""
 
@@ -122,6 +109,6 @@ def test_interrupted_train_says_how_to_continue(tmp_path, monkeypatch, extra, hi
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_cli, "train", interrupted)
-    result = run("train", "--model", "resnet-20", "--dataset", "digits", "--out", str(tmp_path / "r"), *extra)
+    result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--out", str(tmp_path / "r"), *extra)
     assert result.exit_code == 130, result.output
     assert hint in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -10,12 +10,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from bandistill.cache import schema
 from bandistill.checkpoint import file_digest, load_checkpoint
-from bandistill.cli.main import cli
-from bandistill.data import load_dataset
+from conftest import run_cli
 from bandistill.distill import lineage_chain, open_soft_targets, view_schedule
 from bandistill.dump import DumpInterrupted, dump_logits
 from bandistill.losses import LOSSES
@@ -24,36 +22,17 @@ from bandistill.train import TrainConfig, TrainRun, train
 EPOCHS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread (see tests/test_cache.py): tiny models on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+@pytest.fixture
+def gen0(digits_teacher) -> Path:
+    return digits_teacher
 
 
-@pytest.fixture(scope="module")
-def gen0(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("gen0")
-    train(TrainConfig(model="resnet-20", dataset="digits", epochs=EPOCHS, device="cpu"), out, progress=False)
-    return out / "model.pt"
-
-
-@pytest.fixture(scope="module")
-def cache(gen0, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("cache") / "gen0.h5"
-    dump_logits(gen0, "digits", out, views=4, device="cpu", progress=False)
-    return out
-
-
-def run_cli(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
+@pytest.fixture
+def cache(digits_cache) -> Path:
+    return digits_cache
 
 
 def student_args(cache_path, out, *extra):

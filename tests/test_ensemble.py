@@ -44,11 +44,6 @@ def _plain(ckpt: dict) -> dict:
 
 
 @pytest.fixture(scope="session")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="session")
 def gens(digits_gen0, digits, tmp_path_factory) -> dict:
     """``{"dir", "gen0", "gen1", "acc0", "acc1"}``: two exported generations in one folder."""
     from bandistill.train import TrainConfig, train

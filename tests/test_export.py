@@ -13,15 +13,9 @@ from click.testing import CliRunner
 
 from bandistill.checkpoint import load_checkpoint, save_checkpoint
 from bandistill.cli.main import cli
-from bandistill.data import load_dataset
 from bandistill.errors import UserError, VerificationError
 from bandistill.export import export_checkpoint, plan_exports, read_metadata
 from bandistill.onnx_runtime import create_session, run_batched, resolve_providers
-
-
-@pytest.fixture(scope="session")
-def digits():
-    return load_dataset("digits")
 
 
 @pytest.fixture(scope="session")
