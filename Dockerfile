@@ -13,8 +13,8 @@ WORKDIR /opt/bandistill
 
 # Dependencies first, so that a code change does not reinstall torch.
 COPY pyproject.toml README.md ./
-RUN mkdir -p bandistill/models cli cache \
-    && touch bandistill/__init__.py bandistill/models/__init__.py cli/__init__.py cache/__init__.py \
+RUN mkdir -p bandistill/models bandistill/onnx cli cache \
+    && touch bandistill/__init__.py bandistill/models/__init__.py bandistill/onnx/__init__.py cli/__init__.py cache/__init__.py \
     && pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 . \
     && pip uninstall -y bandistill
 

@@ -71,7 +71,7 @@ class BanOptions:
         # Every option a later stage checks is checked here, before any stage runs: a re-run with a
         # bad value must not first clear the finished stages that value would have re-run.
         from bandistill.cache.schema import DTYPES
-        from bandistill.export import check_opset
+        from bandistill.onnx.meta import check_opset
         from bandistill.losses import make_loss
 
         for model in {self.model, self.student_model or self.model}:
@@ -128,7 +128,7 @@ class Chain:
     # -- the stages ------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         from bandistill.dump import dump_logits
-        from bandistill.export import export_checkpoint
+        from bandistill.onnx.export import export_checkpoint
 
         o = self.opts
         self.dataset = load_dataset(o.dataset, o.data_dir)  # once, for signatures, export parity and evaluation
@@ -180,7 +180,8 @@ class Chain:
         return json.loads(evaluation.read_text())
 
     def _ensemble(self, onnx_files: list[Path], bane: Path, evaluation: Path) -> dict[str, Any]:
-        from bandistill.ensemble import member_probabilities, save_merged_onnx
+        from bandistill.onnx.members import member_probabilities
+        from bandistill.onnx.merge import save_merged_onnx
         from bandistill.report import generation_metrics
 
         o, ds = self.opts, self.dataset

@@ -34,9 +34,11 @@ import torch
 from bandistill.checkpoint import load_checkpoint, model_from_checkpoint, normalization, save_checkpoint
 from bandistill.data import ImageDataset, load_dataset
 from bandistill.device import resolve_device
-from bandistill.ensemble import combine, load_members, save_merged_onnx, to_log_probs
+from bandistill.bane import combine, to_log_probs
 from bandistill.models import build_model
-from bandistill.onnx_runtime import create_session, provider_name, resolve_providers, run_batched
+from bandistill.onnx.members import load_members
+from bandistill.onnx.merge import save_merged_onnx
+from bandistill.onnx.runtime import create_session, provider_name, resolve_providers, run_batched
 from bandistill.views import ViewPolicy, normalize
 
 
@@ -56,7 +58,7 @@ def synthetic32(n_test: int = 1024, classes: int = 10) -> ImageDataset:
 
 def demo_members(folder: Path, model: str, ds: ImageDataset, members: int) -> list[Path]:
     """``members`` freshly initialised generations of ``model``, exported like ``bandistill export``."""
-    from bandistill.export import export_checkpoint
+    from bandistill.onnx.export import export_checkpoint
 
     mean, std = ds.normalization()
     paths = []

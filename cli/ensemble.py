@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from bandistill.cli.output import print_json, print_table
-from bandistill.ensemble import AVERAGES, SPLITS, evaluate_ensemble
-from bandistill.onnx_runtime import PROVIDERS
+from bandistill.bane import AVERAGES
+from bandistill.cli.paths import resolve_onnx_paths
+from bandistill.onnx.ensemble import SPLITS, evaluate_ensemble
+from bandistill.onnx.runtime import PROVIDERS
 from bandistill.progress import stderr_console
 
 
@@ -40,7 +42,7 @@ def command(onnx_paths, more_onnx, dataset, data_dir, split, batch_size, provide
     report has every member, the ensemble of each prefix (first 2, first 3, ...) and all.
     """
     result = evaluate_ensemble(
-        [*onnx_paths, *more_onnx], dataset, data_dir=data_dir, split=split, batch_size=batch_size,
+        resolve_onnx_paths([*onnx_paths, *more_onnx]), dataset, data_dir=data_dir, split=split, batch_size=batch_size,
         provider=provider, average=average, allow_mixed=allow_mixed, predictions=predictions,
         save_onnx=save_onnx, progress=not as_json,
     )

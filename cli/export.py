@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from bandistill.cli.output import print_json, print_table
-from bandistill.export import DEFAULT_TOLERANCE, EXPORTERS, PARITY_SAMPLES, export_checkpoint, plan_exports
+from bandistill.cli.paths import plan_exports
+from bandistill.onnx.export import DEFAULT_TOLERANCE, EXPORTERS, PARITY_SAMPLES, export_checkpoint
+from bandistill.onnx.meta import DEFAULT_OPSET
 
 
 @click.command("export")
@@ -15,7 +17,7 @@ from bandistill.export import DEFAULT_TOLERANCE, EXPORTERS, PARITY_SAMPLES, expo
 @click.option("--out", "outs", multiple=True, type=click.Path(),
               help="The .onnx file to write (one per --checkpoint), or one folder for several: <folder>/<run>.onnx.")
 @click.option("--opset", type=int, default=None,
-              help="ONNX opset (default: the exporter's, 20 here); below 18 the TorchScript exporter is used.")
+              help=f"ONNX opset (default: {DEFAULT_OPSET}); below 18 the TorchScript exporter is used.")
 @click.option("--exporter", type=click.Choice(EXPORTERS), default="auto", show_default=True,
               help="torch.onnx exporter: dynamo (torch.export) or the older torchscript one.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,

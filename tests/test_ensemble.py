@@ -24,19 +24,17 @@ from click.testing import CliRunner
 from bandistill.checkpoint import load_checkpoint, save_checkpoint
 from bandistill.cli.main import cli
 from bandistill.data import ImageDataset, load_dataset
-from bandistill.ensemble import (
-    combine,
-    evaluate_ensemble,
-    load_members,
-    member_probabilities,
-    resolve_onnx_paths,
-    save_merged_onnx,
-)
+from bandistill.bane import combine
+from bandistill.cli.paths import resolve_onnx_paths
 from bandistill.errors import UserError, VerificationError
-from bandistill.export import export_checkpoint, read_metadata, set_metadata
 from bandistill.metrics import softmax
 from bandistill.models import build_model
-from bandistill.onnx_runtime import create_session, run_batched
+from bandistill.onnx.ensemble import evaluate_ensemble
+from bandistill.onnx.export import export_checkpoint
+from bandistill.onnx.members import load_members, member_probabilities
+from bandistill.onnx.merge import save_merged_onnx
+from bandistill.onnx.meta import read_metadata, set_metadata
+from bandistill.onnx.runtime import create_session, run_batched
 
 
 def _plain(ckpt: dict) -> dict:
@@ -110,7 +108,7 @@ def test_members_ordered_by_generation_then_name(gens, tmp_path) -> None:
     a = shutil.copy(gens["gen1"], tmp_path / "a_student.onnx")
     z = shutil.copy(gens["gen0"], tmp_path / "z_teacher.onnx")
     b = shutil.copy(gens["gen1"], tmp_path / "b_student.onnx")
-    members = load_members([str(tmp_path / "*.onnx")])
+    members = load_members(resolve_onnx_paths([str(tmp_path / "*.onnx")]))
     assert [m.name for m in members] == ["z_teacher.onnx", "a_student.onnx", "b_student.onnx"]
     assert [m.generation for m in members] == [0, 1, 1]
     # duplicates collapse, folders expand

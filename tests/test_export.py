@@ -14,8 +14,10 @@ from click.testing import CliRunner
 from bandistill.checkpoint import load_checkpoint, save_checkpoint
 from bandistill.cli.main import cli
 from bandistill.errors import UserError, VerificationError
-from bandistill.export import export_checkpoint, plan_exports, read_metadata
-from bandistill.onnx_runtime import create_session, run_batched, resolve_providers
+from bandistill.cli.paths import plan_exports
+from bandistill.onnx.export import export_checkpoint
+from bandistill.onnx.meta import DEFAULT_OPSET, read_metadata
+from bandistill.onnx.runtime import create_session, resolve_providers, run_batched
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +53,7 @@ def test_export_is_self_describing_and_checked(gen0_onnx, gen0_ckpt) -> None:
     assert out.name == "logits" and out.type.tensor_type.shape.dim[0].dim_param == "batch"
     parity = result["parity"]
     assert parity["max_abs_logit_diff"] < 1e-3 and parity["argmax_agreement"] == 1.0
-    assert result["generation"] == 0 and result["opset"] >= 18
+    assert result["generation"] == 0 and result["opset"] == DEFAULT_OPSET
 
 
 def test_onnx_accuracy_equals_what_train_reported(gen0_onnx, digits, digits_gen0) -> None:

@@ -49,3 +49,20 @@ def test_every_package_is_listed_and_stubbed_in_the_dockerfile():
 def test_dockerfile_passes_hadolint():
     result = subprocess.run(["hadolint", str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_onnx_subpackage_does_not_shadow_the_onnx_library():
+    """``bandistill/onnx/`` imports ``onnx`` (the library) absolutely; neither hides the other."""
+    code = (
+        "import bandistill.onnx.meta as meta, bandistill.onnx.merge, onnx; "
+        "assert onnx.__name__ == 'onnx' and hasattr(onnx, 'ModelProto'), onnx; "
+        "assert meta.onnx is onnx and 'bandistill' not in onnx.__file__, onnx.__file__; "
+        "import bandistill.onnx as sub; assert sub.__name__ == 'bandistill.onnx'; print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+    # Python started inside bandistill/ finds the folder as a top-level 'onnx': it says so instead of
+    # half-working as a fake onnx library
+    inside = subprocess.run([sys.executable, "-c", "import onnx"], cwd=ROOT / "bandistill", capture_output=True,
+                            text=True, timeout=120)
+    assert inside.returncode != 0 and "instead of the onnx library" in inside.stderr, inside.stderr

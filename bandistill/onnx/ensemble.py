@@ -1,0 +1,198 @@
+"""Evaluating an ensemble: every member, every prefix ensemble and the whole BANE on a split.
+
+Each member runs in its own onnxruntime session over the split's uint8 images; its output
+becomes log-probabilities, and the ensembles average them (:mod:`bandistill.bane`). Every
+figure -- top-1 error, NLL, ECE -- is computed from the resulting probabilities
+(:mod:`bandistill.metrics`). The members are checked against the dataset they are
+evaluated on (class count, image shape; a different fingerprint is a warning).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from bandistill.bane import check_average, combine
+from bandistill.errors import UserError
+from bandistill.metrics import classification_metrics
+from bandistill.onnx.members import OnnxMember, load_members, member_log_probs
+
+SPLITS = ("test", "val", "train")
+PREDICTION_SUFFIXES = (".npy", ".npz", ".csv")
+
+
+def _split_arrays(ds, split: str):
+    if split == "test":
+        return ds.test_images, ds.test_labels
+    if split == "train":
+        return ds.train_images, ds.train_labels
+    if ds.val_images is None:
+        raise UserError("--split val needs models trained with --val-split; use --split test")
+    return ds.val_images, ds.val_labels
+
+
+def load_split(members: Sequence[OnnxMember], dataset=None, *, data_dir=None, split: str = "test"):
+    """``(dataset, images, labels, warnings)`` for the members, checked against them.
+
+    ``dataset`` is a name, an :class:`~bandistill.data.ImageDataset`, or None for the
+    members' own dataset (from their metadata).
+    """
+    from bandistill.data import ImageDataset, load_dataset
+
+    if split not in SPLITS:
+        raise UserError(f"unknown --split '{split}': use {', '.join(SPLITS)}")
+    first = members[0]
+    warnings: list[str] = []
+    if not isinstance(dataset, ImageDataset):
+        name = dataset or first.dataset
+        if not name:
+            raise UserError("the models do not name their dataset; pass --dataset")
+        val_split = first.val_split if name.lower() == first.dataset.lower() else 0.0
+        dataset = load_dataset(name, data_dir, val_split=val_split)
+    ds = dataset
+    if ds.num_classes != first.num_classes:
+        raise UserError(
+            f"dataset {ds.name} has {ds.num_classes} classes but the models predict {first.num_classes}; "
+            f"pass the dataset they were trained on (--dataset {first.dataset})"
+        )
+    if tuple(ds.image_shape) != tuple(first.input_shape):
+        raise UserError(
+            f"dataset {ds.name} has images of shape {list(ds.image_shape)} but the models take {list(first.input_shape)}; "
+            f"pass the dataset they were trained on (--dataset {first.dataset})"
+        )
+    for m in members:
+        if m.fingerprint and m.fingerprint != ds.fingerprint and m.kind == "member":
+            warnings.append(f"{m.name} was trained on {m.dataset} ({m.fingerprint}), evaluated on {ds.name} ({ds.fingerprint})")
+    images, labels = _split_arrays(ds, split)
+    return ds, images, labels, warnings
+
+
+def _prefix_label(k: int, total: int) -> str:
+    return f"BANE (all {total})" if k == total else f"ensemble of first {k}"
+
+
+def evaluate_ensemble(
+    onnx_paths: Iterable[str | os.PathLike],
+    dataset=None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "test",
+    batch_size: int = 256,
+    provider: str = "auto",
+    average: str = "probs",
+    allow_mixed: bool = False,
+    predictions: str | os.PathLike | None = None,
+    save_onnx: str | os.PathLike | None = None,
+    progress: bool = False,
+    return_probs: bool = False,
+) -> dict[str, Any]:
+    """Evaluate every member, every prefix ensemble and the whole BANE on a dataset split.
+
+    Returns ``{"members": [...], "prefixes": [...], "ensemble": {...}, ...}`` where each entry
+    has ``accuracy``, ``error`` (top-1), ``nll`` and ``ece`` (15 bins). ``prefixes`` holds the
+    ensembles of the first 2, 3, ..., all members (the last equals ``ensemble``). With
+    ``predictions`` the ensemble's probabilities are written there (.npy, .npz or .csv);
+    with ``save_onnx`` the merged single-graph ensemble is written and checked on the same
+    images (see :func:`save_merged_onnx`). ``return_probs`` adds the arrays under
+    ``"probs"`` (ensemble) and ``"member_probs"``.
+    """
+    from bandistill.onnx.merge import save_merged_onnx
+    from bandistill.onnx.runtime import provider_name, resolve_providers
+    from bandistill.progress import make_progress
+
+    t0 = time.perf_counter()
+    check_average(average)
+    if batch_size <= 0:
+        raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
+    if predictions is not None and Path(predictions).suffix.lower() not in PREDICTION_SUFFIXES:
+        raise UserError(f"--predictions {predictions}: use a .npy, .npz or .csv file name")
+    if save_onnx is not None and Path(save_onnx).is_dir():
+        raise UserError(f"--save-onnx {save_onnx} is a folder; give the .onnx file to write (e.g. bane.onnx)")
+    providers = resolve_providers(provider)
+    members = load_members(onnx_paths, allow_mixed=allow_mixed)
+    ds, images, labels, warnings = load_split(members, dataset, data_dir=data_dir, split=split)
+    labels_np = labels.numpy()
+
+    with make_progress(progress) as bar:
+        task = bar.add_task("ensemble", total=len(members) * int(images.shape[0]), info=f"{len(members)} members")
+        log_probs = member_log_probs(members, images, provider=provider, batch_size=batch_size, progress=bar, task=task)
+
+    member_rows = []
+    for m, lp in zip(members, log_probs):
+        row = {**m.summary(), **classification_metrics(np.exp(lp), labels_np)}
+        if m.test_accuracy is not None:
+            row["train_reported_accuracy"] = m.test_accuracy
+        member_rows.append(row)
+    prefixes = []
+    probs = np.exp(log_probs[0]) if len(members) == 1 else None
+    for k in range(2, len(members) + 1):
+        probs = combine(log_probs[:k], average)
+        prefixes.append({
+            "members": k,
+            "label": _prefix_label(k, len(members)),
+            "names": [m.name for m in members[:k]],
+            **classification_metrics(probs, labels_np),
+        })
+    whole = {
+        "members": len(members),
+        "label": _prefix_label(len(members), len(members)),
+        "names": [m.name for m in members],
+        **classification_metrics(probs, labels_np),
+    }
+    result: dict[str, Any] = {
+        "dataset": ds.name,
+        "dataset_fingerprint": ds.fingerprint,
+        "split": split,
+        "samples": int(labels_np.shape[0]),
+        "average": average,
+        "provider": provider_name(providers),
+        "members": member_rows,
+        "prefixes": prefixes,
+        "ensemble": whole,
+        "warnings": warnings,
+    }
+    if predictions is not None:
+        write_predictions(predictions, probs, labels_np, list(ds.classes))
+        result["predictions"] = str(predictions)
+    if save_onnx is not None:
+        result["merged"] = save_merged_onnx(
+            [m.path for m in members], save_onnx, average=average, allow_mixed=allow_mixed,
+            check_images=images, reference=probs, labels=labels_np, provider=provider, batch_size=batch_size,
+        )
+    result["seconds"] = time.perf_counter() - t0
+    if return_probs:
+        result["probs"] = probs
+        result["member_probs"] = [np.exp(lp) for lp in log_probs]
+    return result
+
+
+def write_predictions(path: str | os.PathLike, probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> None:
+    """The ensemble's probabilities: ``.npy`` (the array), ``.npz`` (with labels and predictions) or ``.csv``."""
+    from bandistill.checkpoint import atomic_write
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in PREDICTION_SUFFIXES:
+        raise UserError(f"--predictions {path}: use a .npy, .npz or .csv file name")
+    probs32 = np.asarray(probs, dtype=np.float32)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb" if suffix != ".csv" else "w") as f:
+            if suffix == ".npy":
+                np.save(f, probs32)
+            elif suffix == ".npz":
+                np.savez(f, probs=probs32, labels=labels, predictions=probs32.argmax(1), classes=np.array(classes))
+            else:
+                header = ["index", "label", "prediction"] + [f"p_{c}" for c in classes]
+                f.write(",".join(header) + "\n")
+                pred = probs32.argmax(1)
+                for i, row in enumerate(probs32):
+                    f.write(f"{i},{int(labels[i])},{int(pred[i])}," + ",".join(f"{v:.6g}" for v in row) + "\n")
+
+    atomic_write(path, write)
+
+

@@ -1,0 +1,190 @@
+"""The members of an ensemble: bandistill ONNX files, read, ordered, checked, and run.
+
+A member is a file written by :func:`bandistill.onnx.export.export_checkpoint`, or a merged
+ensemble written by :func:`bandistill.onnx.merge.save_merged_onnx` (itself a valid member).
+Members are ordered by generation, then by file name, so a chain's files come out as
+teacher, BAN-1, BAN-2, ... whatever their names. Members that cannot be averaged (another
+class count, input, label names or training data) are refused with one line naming two
+that differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from bandistill.bane import to_log_probs
+from bandistill.errors import UserError
+from bandistill.onnx.meta import FORMAT, load_model, model_opset, read_metadata
+
+
+@dataclass
+class OnnxMember:
+    """One bandistill ONNX model and what its metadata says about it."""
+
+    path: Path
+    generation: int
+    kind: str  # "member" (one network) or "ensemble" (a merged BANE)
+    output: str  # "logits" or "probs"
+    model: str
+    num_classes: int
+    classes: list[str]
+    dataset: str
+    fingerprint: str
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    val_split: float = 0.0
+    test_accuracy: float | None = None
+    opset: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def networks(self) -> int:
+        """How many networks the model holds (more than one for a merged ensemble)."""
+        if self.kind != "ensemble":
+            return 1
+        try:
+            return len(json.loads(self.metadata.get("members", "[]"))) or 1
+        except ValueError:
+            return 1
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "generation": self.generation,
+            "kind": self.kind,
+            "networks": self.networks,
+            "model": self.model,
+            "dataset": self.dataset,
+            "dataset_fingerprint": self.fingerprint,
+        }
+
+
+def read_member(path: str | os.PathLike) -> OnnxMember:
+    """Read one model's bandistill metadata (weights are not loaded)."""
+    import onnx  # the library
+
+    path = Path(path)
+    model = load_model(path, weights=False)
+    meta = read_metadata(model)
+    if meta.get("format") != FORMAT:
+        raise UserError(
+            f"{path} is an ONNX model without bandistill metadata (generation, dataset, input contract); "
+            "export it with 'bandistill export'"
+        )
+    try:
+        inp = model.graph.input[0].type.tensor_type
+        test_acc = json.loads(meta.get("test_accuracy", "null"))
+        return OnnxMember(
+            path=path,
+            generation=int(meta["generation"]),
+            kind=meta.get("kind", "member"),
+            output=meta.get("output", "logits"),
+            model=meta.get("model", "?"),
+            num_classes=int(meta["num_classes"]),
+            classes=list(json.loads(meta.get("classes", "[]"))),
+            dataset=meta.get("dataset", ""),
+            fingerprint=meta.get("dataset_fingerprint", ""),
+            input_shape=tuple(int(d.dim_value) for d in inp.shape.dim[1:]),
+            input_dtype=onnx.helper.tensor_dtype_to_np_dtype(inp.elem_type).name,
+            val_split=float(meta.get("val_split", "0") or 0.0),
+            test_accuracy=None if test_acc is None else float(test_acc),
+            opset=model_opset(model),
+            metadata=meta,
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"{path} has broken bandistill metadata ({type(exc).__name__}: {exc}); export it again") from None
+
+
+def order_members(members: Sequence[OnnxMember]) -> list[OnnxMember]:
+    """By generation (from the metadata), then by file name, then by full path."""
+    return sorted(members, key=lambda m: (m.generation, m.name, str(m.path)))
+
+
+def validate_members(members: Sequence[OnnxMember], *, allow_mixed: bool = False) -> None:
+    """Refuse members that cannot be averaged, with one line naming the two that differ."""
+    if not members:
+        raise UserError("no ONNX model given: pass --onnx gen*.onnx")
+    first = members[0]
+    for m in members[1:]:
+        if m.num_classes != first.num_classes:
+            raise UserError(
+                f"members predict different class counts: {first.name} {first.num_classes}, {m.name} {m.num_classes}; "
+                "an ensemble needs one label space"
+            )
+    for m in members[1:]:
+        if (m.input_shape, m.input_dtype) != (first.input_shape, first.input_dtype):
+            raise UserError(
+                f"members take different inputs: {first.name} {first.input_dtype}{list(first.input_shape)}, "
+                f"{m.name} {m.input_dtype}{list(m.input_shape)}; ensemble models of one dataset and image size"
+            )
+    for m in members[1:]:
+        if m.classes and first.classes and m.classes != first.classes:
+            raise UserError(f"members name their classes differently ({first.name} vs {m.name}); their outputs do not line up")
+    if not allow_mixed:
+        for m in members[1:]:
+            if m.fingerprint != first.fingerprint:
+                raise UserError(
+                    f"members were trained on different data: {first.name} on {first.dataset} ({first.fingerprint}), "
+                    f"{m.name} on {m.dataset} ({m.fingerprint}); pass --allow-mixed to ensemble them anyway"
+                )
+
+
+def load_members(paths: Iterable[str | os.PathLike], *, allow_mixed: bool = False) -> list[OnnxMember]:
+    """Read the files, order them by generation then name, and check they can be averaged."""
+    members = order_members([read_member(p) for p in paths])
+    validate_members(members, allow_mixed=allow_mixed)
+    return members
+
+
+def member_log_probs(
+    members: Sequence[OnnxMember],
+    images,
+    *,
+    provider: str = "auto",
+    batch_size: int = 256,
+    progress=None,
+    task=None,
+) -> list[np.ndarray]:
+    """Each member's log-probabilities ``(N, classes)`` (float64), one onnxruntime session each."""
+    from bandistill.onnx.runtime import create_session, run_batched
+
+    out = []
+    for m in members:
+        session = create_session(m.path, provider)
+        raw = run_batched(
+            session, images, batch_size=batch_size,
+            on_batch=(lambda n: progress.advance(task, n)) if progress is not None else None,
+        )
+        out.append(to_log_probs(raw, m.output))
+        del session
+    return out
+
+
+def member_probabilities(
+    onnx_paths: Sequence[str | os.PathLike],
+    images,
+    *,
+    provider: str = "auto",
+    batch_size: int = 256,
+    allow_mixed: bool = False,
+) -> list[np.ndarray]:
+    """Each model's probabilities ``(N, classes)`` on ``images`` (uint8 ``(N, C, H, W)``).
+
+    Unlike :func:`load_members` the models keep the order they are given in (a pipeline
+    that knows its generations passes them in order); they are still validated as
+    ensemble members (:func:`validate_members`).
+    """
+    members = [read_member(p) for p in onnx_paths]
+    validate_members(members, allow_mixed=allow_mixed)
+    return [np.exp(lp) for lp in member_log_probs(members, images, provider=provider, batch_size=batch_size)]
