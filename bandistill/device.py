@@ -6,17 +6,23 @@ import contextlib
 
 import torch
 
+from bandistill.distributed import world
 from bandistill.errors import UserError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` is CUDA when a GPU is usable, else CPU; ``cuda`` without a GPU is a user error."""
+    """``auto`` is CUDA when a GPU is usable, else CPU; ``cuda`` without a GPU is a user error.
+
+    Under torchrun, ``auto`` and ``cuda`` mean this process's GPU, ``cuda:LOCAL_RANK``.
+    """
     key = (name or "auto").lower()
     if key == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        key = "cuda" if torch.cuda.is_available() else "cpu"
     if key.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(f"--device {name} asked for a GPU but none is usable here; use --device cpu or auto")
+        if key == "cuda" and world().size > 1:
+            return torch.device("cuda", world().local_rank)  # under torchrun: one GPU per process
         return torch.device(key)
     if key == "cpu":
         return torch.device("cpu")

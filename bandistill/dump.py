@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from bandistill import distributed
 from bandistill.cache import schema
 from bandistill.cache.reader import open_cache
 from bandistill.cache.writer import CacheWriter, read_partial_state
@@ -195,23 +196,35 @@ class LogitDump:
                 step = lambda k: progress.update(task, advance=k)  # noqa: E731
                 if not writer.test_done:
                     progress.update(task, info="test split")
-                    test = predict_logits(self.model, ds.test_images, self.mean, self.std, device=self.device,
-                                          batch_size=self.batch_size, on_batch=step)
-                    writer.write_test(self._storable(test, "test split"))
+                    writer.write_test(self.test_logits(0, int(ds.test_labels.shape[0]), on_batch=step))
                 for v in todo:
                     if stop_after_views is not None and written >= stop_after_views:
                         raise DumpInterrupted(f"stopped after {written} views (test hook)")
                     progress.update(task, info=f"view {v + 1}/{self.views}")
-                    params = self.policy.params(self.seed, v, np.arange(n))
-                    logits = predict_logits(self.model, ds.train_images, self.mean, self.std, policy=self.policy,
-                                            params=params, device=self.device, batch_size=self.batch_size,
-                                            on_batch=step)
-                    writer.write_view(v, self._storable(logits, f"view {v}"), params.numpy())
+                    writer.write_view(v, *self.view_logits(v, 0, n, on_batch=step))
                     written += 1
             path = writer.finish()
         finally:
             writer.close()
         return self._summary(path, written=written, resumed=len(resumed), seconds=time.perf_counter() - t0)
+
+    def view_logits(self, view: int, start: int, stop: int, on_batch=None) -> tuple[np.ndarray, np.ndarray]:
+        """The teacher's logits (checked storable) and the view parameters of train samples ``start:stop``.
+
+        Batches start at ``start``: a sharded dump whose shards begin on batch boundaries
+        runs exactly the batches of a single-process dump, hence the same bits.
+        """
+        params = self.policy.params(self.seed, view, np.arange(start, stop))
+        logits = predict_logits(self.model, self.dataset.train_images[start:stop], self.mean, self.std,
+                                policy=self.policy, params=params, device=self.device,
+                                batch_size=self.batch_size, on_batch=on_batch)
+        return self._storable(logits, f"view {view}"), params.numpy()
+
+    def test_logits(self, start: int, stop: int, on_batch=None) -> np.ndarray:
+        """The teacher's logits (checked storable) on clean test samples ``start:stop``."""
+        logits = predict_logits(self.model, self.dataset.test_images[start:stop], self.mean, self.std,
+                                device=self.device, batch_size=self.batch_size, on_batch=on_batch)
+        return self._storable(logits, "test split")
 
     def _existing_final(self) -> dict[str, Any] | None:
         """A complete file with these settings: report it. Anything else: refuse (or None to overwrite)."""
@@ -320,9 +333,17 @@ def dump_logits(
     Resumable and idempotent: see the module docstring. Returns a summary dict (``cache``,
     ``views_written``, ``views_resumed``, ``already_complete``, ``teacher_test_accuracy``, ...).
     Raises :class:`UserError` on a checkpoint from other data or a conflicting ``out``.
+    Under torchrun every rank dumps a shard of the samples (see :mod:`bandistill.sharded_dump`).
     """
-    job = LogitDump(checkpoint, dataset, out, views=views, data_dir=data_dir, seed=seed, dtype=dtype,
-                    batch_size=batch_size, device=device, overwrite=overwrite, progress=progress, log=log)
+    w = distributed.start(device)
+    with distributed.agreement():  # under torchrun: a bad checkpoint or --out on any rank stops every rank
+        job = LogitDump(checkpoint, dataset, out, views=views, data_dir=data_dir, seed=seed, dtype=dtype,
+                        batch_size=batch_size, device=device, overwrite=overwrite,
+                        progress=progress and w.is_main, log=log if w.is_main else None)
+    if w.size > 1:
+        from bandistill.sharded_dump import run_sharded
+
+        return run_sharded(job, stop_after_views=stop_after_views)
     return job.run(stop_after_views=stop_after_views)
 
 

@@ -6,6 +6,7 @@ import click
 
 from bandistill.cache.schema import DTYPES, human_bytes
 from bandistill.cli.output import print_json, print_mapping
+from bandistill.distributed import is_main
 from bandistill.dump import dump_logits
 
 
@@ -32,6 +33,8 @@ def command(checkpoint, dataset, data_dir, views, seed, dtype, batch_size, devic
         checkpoint, dataset, out, views=views, data_dir=data_dir, seed=seed, dtype=dtype,
         batch_size=batch_size, device=device, overwrite=overwrite, log=lambda msg: click.echo(msg, err=True),
     )
+    if not is_main():  # under torchrun, rank 0 reports
+        return
     if as_json:
         print_json(result)
         return

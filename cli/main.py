@@ -7,6 +7,7 @@ import sys
 import click
 
 from bandistill import __version__
+from bandistill.distributed import error_line, stop
 from bandistill.errors import UserError, VerificationError
 
 
@@ -38,7 +39,9 @@ class BandistillGroup(click.Group):
         except click.UsageError as exc:
             _usage_error(exc)
         except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
+            line = error_line(exc)  # under torchrun: rank 0, or the rank that found it, prints
+            if line is not None:
+                click.echo(f"error: {line}", err=True)
             sys.exit(2)
         except VerificationError as exc:
             click.echo(f"failed: {exc}", err=True)
@@ -83,7 +86,10 @@ _register()
 
 
 def main() -> None:
-    cli(prog_name="bandistill")
+    try:
+        cli(prog_name="bandistill")
+    finally:
+        stop()  # leave torchrun's process group, if a distributed command joined one
 
 
 if __name__ == "__main__":

@@ -1,0 +1,113 @@
+"""torchrun: sharded dumps equal single-process dumps bit for bit, resume per shard, and report one line.
+
+The multi-process tests start real ``python -m torch.distributed.run`` jobs of two gloo
+processes (one intra-op thread each, so they fit a 2-core machine).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from bandistill.cache import schema
+from bandistill.dump import DumpInterrupted, LogitDump
+from bandistill.sharded_dump import KILL_HOOK_ENV, Shard, merge_shards, shard_partial, shard_range
+
+#: Attributes that say when and where a file was made, not what it holds.
+PROVENANCE_ATTRS = {"created_at"}
+
+
+def torchrun(*args, nproc: int = 2, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --standalone --nproc-per-node N -m bandistill ARGS``, one thread per rank."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "bandistill", *[str(a) for a in args]]
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_same_cache(a: Path, b: Path) -> None:
+    """Every dataset equal byte for byte, every attribute equal but the creation time."""
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        assert sorted(fa) == sorted(fb)
+        for key in fa:
+            x, y = fa[key][()], fb[key][()]
+            assert x.dtype == y.dtype and x.shape == y.shape, key
+            assert x.tobytes() == y.tobytes(), key
+            assert fa[key].chunks == fb[key].chunks and fa[key].compression == fb[key].compression, key
+        attrs_a = {k: schema.decode_attr(v) for k, v in fa.attrs.items() if k not in PROVENANCE_ATTRS}
+        attrs_b = {k: schema.decode_attr(v) for k, v in fb.attrs.items() if k not in PROVENANCE_ATTRS}
+        assert attrs_a == attrs_b
+
+
+@pytest.mark.parametrize("n,batch,size", [(1438, 512, 2), (1438, 128, 3), (100, 64, 4), (10, 512, 2), (0, 8, 2)])
+def test_shards_are_disjoint_batch_aligned_and_cover_every_sample(n, batch, size):
+    ranges = [shard_range(n, batch, r, size) for r in range(size)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    for (a, b), (c, _) in zip(ranges, ranges[1:]):
+        assert b == c  # contiguous, disjoint
+    for a, b in ranges:
+        assert a <= b and (a % batch == 0 or a == n)  # a shard starts on a single-process batch boundary
+
+
+def test_shards_interrupted_on_one_rank_resume_and_merge_into_the_single_dump(digits_teacher, digits_cache, tmp_path,
+                                                                              one_thread):
+    """In one process, rank by rank: rank 1 stops after one view, resumes, and the merge equals the single dump."""
+    out = tmp_path / "sharded.h5"
+
+    def job() -> LogitDump:
+        return LogitDump(digits_teacher, "digits", out, views=4, device="cpu", progress=False)
+
+    with pytest.raises(DumpInterrupted):
+        Shard(job(), 1, 2).write(set(), False, stop_after_views=1)
+    with h5py.File(shard_partial(out, 1, 2), "r") as f:
+        assert f[schema.VIEWS_COMPLETE][()].tolist() == [1, 0, 0, 0]
+    assert Shard(job(), 0, 2).write(set(), False) == (4, 0)
+    assert Shard(job(), 1, 2).write(set(), False) == (3, 1)  # resumed its own shard: one view kept
+    merge_shards(job(), 2)
+    assert not shard_partial(out, 0, 2).exists() and not shard_partial(out, 1, 2).exists()
+    assert_same_cache(out, digits_cache)
+
+
+def test_a_shard_with_other_settings_is_refused(digits_teacher, tmp_path, one_thread):
+    from bandistill.errors import UserError
+
+    out = tmp_path / "c.h5"
+    with pytest.raises(DumpInterrupted):
+        Shard(LogitDump(digits_teacher, "digits", out, views=2, device="cpu", progress=False), 0, 2).write(
+            set(), False, stop_after_views=1)
+    with pytest.raises(UserError, match="other settings"):
+        Shard(LogitDump(digits_teacher, "digits", out, views=3, device="cpu", progress=False), 0, 2).open()
+
+
+@pytest.mark.slow
+def test_torchrun_dump_killed_on_one_rank_resumes_and_equals_the_single_dump(digits_teacher, digits_cache, tmp_path):
+    out = tmp_path / "sharded.h5"
+    args = ["dump-logits", "--checkpoint", digits_teacher, "--dataset", "digits", "--views", 4, "--device", "cpu",
+            "--out", out]
+    killed = torchrun(*args, env={KILL_HOOK_ENV: "0:2"})  # rank 0 dies after two views; torchrun stops rank 1
+    assert killed.returncode != 0, killed.stderr
+    assert not out.exists()
+    with h5py.File(shard_partial(out, 0, 2), "r") as f:
+        assert f[schema.VIEWS_COMPLETE][()].tolist() == [1, 1, 0, 0]
+
+    resumed = torchrun(*args, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "2 of 4 views already written" in resumed.stderr  # rank 0 resumed its own shard
+    assert resumed.stdout.count('"cache"') == 1  # one summary, from rank 0
+    assert not list(tmp_path.glob("*.shard-*"))
+    assert_same_cache(out, digits_cache)
+
+
+@pytest.mark.slow
+def test_torchrun_user_error_is_one_line_from_rank_0(tmp_path):
+    result = torchrun("dump-logits", "--checkpoint", tmp_path / "missing.pt", "--dataset", "digits", "--views", 1,
+                      "--device", "cpu", "--out", tmp_path / "c.h5")
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and "missing.pt does not exist" in ours[0], result.stderr
