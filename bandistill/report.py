@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bandistill.bane import ensemble_probs, to_log_probs
 from bandistill.checkpoint import atomic_write
 from bandistill.metrics import classification_metrics
 
@@ -27,16 +28,19 @@ FIGURES = ("error", "nll", "ece")
 def generation_metrics(member_probs: Sequence[np.ndarray], labels: np.ndarray) -> dict[str, Any]:
     """Metrics of each generation, of Ens*k (BAN-1..BAN-k) and of all generations with gen0.
 
-    ``member_probs[k]`` are generation k's test probabilities ``(samples, classes)``.
+    ``member_probs[k]`` are generation k's test probabilities ``(samples, classes)``. The
+    ensembles are :func:`bandistill.bane.ensemble_probs`' (as in ``bandistill ensemble``);
+    the report keeps the paper's columns, Ens*k, and the whole chain Ens(0..N).
     """
     labels = np.asarray(labels)
     cells: dict[str, dict[str, float]] = {}
     for k, probs in enumerate(member_probs):
         cells["baseline" if k == 0 else f"BAN-{k}"] = _figures(probs, labels)
-    for k in range(2, len(member_probs)):
-        cells[f"Ens*{k}"] = _figures(np.mean(member_probs[1 : k + 1], axis=0), labels)
-    if len(member_probs) > 1:
-        cells[f"Ens(0..{len(member_probs) - 1})"] = _figures(np.mean(member_probs, axis=0), labels)
+    generations = range(len(member_probs))
+    log_probs = [to_log_probs(np.asarray(p), "probs") for p in member_probs]
+    for ens, probs in ensemble_probs(log_probs, generations, average="probs"):
+        if not ens.with_teacher or len(ens.members) == len(member_probs):
+            cells[ens.name] = _figures(probs, labels)
     return {"columns": list(cells), "cells": cells, "test_samples": int(labels.size)}
 
 

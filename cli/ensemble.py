@@ -39,7 +39,8 @@ def command(onnx_paths, more_onnx, dataset, data_dir, split, batch_size, provide
     bandistill ensemble --onnx onnx/gen*.onnx --dataset digits --save-onnx bane.onnx
 
     Members are ordered by generation (from their metadata), then by file name; the
-    report has every member, the ensemble of each prefix (first 2, first 3, ...) and all.
+    report has every member and the paper's ensembles of them: Ens*k (BAN-1 .. BAN-k,
+    without the teacher) and Ens(0..k) (with it), the last being the whole BANE.
     """
     result = evaluate_ensemble(
         resolve_onnx_paths([*onnx_paths, *more_onnx]), dataset, data_dir=data_dir, split=split, batch_size=batch_size,
@@ -56,8 +57,8 @@ def command(onnx_paths, more_onnx, dataset, data_dir, split, batch_size, provide
         reported = m.get("train_reported_accuracy")
         rows.append((m["name"], m["generation"], m["networks"], *_figures(m),
                      "" if reported is None else f"{100 * (1 - reported):.2f}"))
-    for p in result["prefixes"][:-1]:
-        rows.append((f"first {p['members']}", "", p["members"], *_figures(p), ""))
+    for e in result["ensembles"][:-1]:
+        rows.append((e["name"], "", e["members"], *_figures(e), ""))
     if len(result["members"]) > 1:
         e = result["ensemble"]
         rows.append((e["label"], "", e["members"], *_figures(e), ""))
@@ -67,6 +68,9 @@ def command(onnx_paths, more_onnx, dataset, data_dir, split, batch_size, provide
         ["model", "gen", "nets", "top-1 err %", "NLL", "ECE %", "reported err %"],
         rows,
     )
+    if any(e["name"].startswith("Ens") for e in result["ensembles"]):
+        click.echo("Ens*k averages BAN-1 .. BAN-k (the paper's convention, without the teacher); "
+                   "Ens(0..k) averages the teacher and BAN-1 .. BAN-k.")
     if "merged" in result:
         m = result["merged"]
         click.echo(

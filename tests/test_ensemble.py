@@ -169,12 +169,53 @@ def test_every_prefix_is_reported(gens, tmp_path) -> None:
     data = json.loads(res.stdout)
     assert [p["members"] for p in data["prefixes"]] == [2, 3]
     assert data["prefixes"][0]["names"] == ["gen0.onnx", "gen1.onnx"]
-    assert data["ensemble"]["members"] == 3
+    assert [(e["name"], e["names"]) for e in data["ensembles"]] == [
+        ("Ens*2", ["gen1.onnx", "gen2.onnx"]),  # the paper's: BAN-1 and BAN-2, without the teacher
+        ("Ens(0..1)", ["gen0.onnx", "gen1.onnx"]),
+        ("Ens(0..2)", ["gen0.onnx", "gen1.onnx", "gen2.onnx"]),
+    ]
+    assert data["ensemble"]["members"] == 3 and data["ensemble"]["label"] == "BANE (Ens(0..2))"
     saved = np.load(tmp_path / "p.npz")
     assert saved["probs"].shape == (data["samples"], 10)
     assert float((saved["predictions"] == saved["labels"]).mean()) == pytest.approx(data["ensemble"]["accuracy"])
     table = CliRunner().invoke(cli, ["ensemble", "--onnx", str(gens["gen0"]), str(gens["gen1"]), str(third)])
-    assert table.exit_code == 0 and "first 2" in table.output and "BANE (all 3)" in table.output
+    assert table.exit_code == 0, table.output
+    for name in ("Ens*2", "Ens(0..1)", "BANE (Ens(0..2))", "Ens*k averages BAN-1 .. BAN-k"):
+        assert name in table.output, table.output
+    # members that are not one chain keep positional names
+    repeat = CliRunner().invoke(cli, ["ensemble", "--onnx", str(gens["gen0"]), str(gens["gen1"]),
+                                      str(_copy_with_metadata(gens["gen1"], tmp_path / "b" / "gen1b.onnx")), "--json"])
+    assert [e["name"] for e in json.loads(repeat.stdout)["ensembles"]] == ["first 2", "all 3"]
+
+
+def test_ens_star_k_means_the_same_in_ensemble_and_report(gens, digits, tmp_path) -> None:
+    """Ens*k averages BAN-1..BAN-k without the teacher in `bandistill ensemble` and in the ban report alike."""
+    from bandistill.report import generation_metrics
+    from bandistill.train import TrainConfig, train
+
+    res2 = train(TrainConfig(model="resnet-20", dataset="digits", epochs=1, seed=2, device="cpu"),
+                 tmp_path / "runs" / "gen2", progress=False)
+    ckpt = load_checkpoint(res2["checkpoint"])
+    ckpt["generation"] = 2
+    save_checkpoint(_plain(ckpt), res2["checkpoint"])
+    chain = [gens["gen0"], gens["gen1"], tmp_path / "gen2.onnx"]
+    export_checkpoint(res2["checkpoint"], chain[2], dataset=digits)
+
+    res = CliRunner().invoke(cli, ["ensemble", "--onnx", *map(str, chain), "--json"])
+    assert res.exit_code == 0, res.output
+    ensemble = {e["name"]: e for e in json.loads(res.stdout)["ensembles"]}
+    labels = digits.test_labels.numpy()
+    report = generation_metrics(member_probabilities(chain, digits.test_images, provider="cpu"), labels)
+    assert report["columns"] == ["baseline", "BAN-1", "BAN-2", "Ens*2", "Ens(0..2)"]
+    for name in ("Ens*2", "Ens(0..2)"):
+        cell, row = report["cells"][name], ensemble[name]
+        assert cell["error"] == pytest.approx(100 * row["error"])
+        assert cell["nll"] == pytest.approx(row["nll"], rel=1e-9) and cell["ece"] == pytest.approx(row["ece"], abs=1e-9)
+    # and Ens*2 really is BAN-1 and BAN-2 only
+    p1, p2 = _separate_probs(chain[1:], digits.test_images)
+    expected_nll = -np.log(((p1 + p2) / 2)[np.arange(labels.size), labels]).mean()
+    assert ensemble["Ens*2"]["nll"] == pytest.approx(expected_nll, rel=1e-5)
+    assert ensemble["Ens*2"]["nll"] != pytest.approx(ensemble["Ens(0..2)"]["nll"], rel=1e-5)
 
 
 def test_member_probabilities_keep_the_given_order(gens, digits) -> None:
@@ -318,3 +359,18 @@ def test_library_refusals_raise_user_error(gens, odd_models) -> None:
                       [str(i) for i in range(3)], view_policy=load_dataset("digits").view_policy)
     with pytest.raises(UserError, match="has 3 classes"):
         evaluate_ensemble([gens["gen0"]], ds)
+
+
+def test_chain_ensembles_are_named_as_in_the_paper() -> None:
+    from bandistill.bane import chain_ensembles
+
+    def names(gens):
+        return [(e.name, e.members) for e in chain_ensembles(gens)]
+
+    assert names([0]) == [] and names([0, 1]) == [("Ens(0..1)", (0, 1))]
+    assert names([0, 1, 2, 3]) == [("Ens*2", (1, 2)), ("Ens*3", (1, 2, 3)),
+                                   ("Ens(0..1)", (0, 1)), ("Ens(0..2)", (0, 1, 2)), ("Ens(0..3)", (0, 1, 2, 3))]
+    assert names([1, 2, 3]) == [("Ens*2", (0, 1)), ("Ens*3", (0, 1, 2))]  # students only
+    assert names([2, 3]) == [("Ens(2..3)", (0, 1))]
+    assert names([0, 1, 1]) == [("first 2", (0, 1)), ("all 3", (0, 1, 2))]  # not one chain: by position
+    assert names([0, 2]) == [("all 2", (0, 1))]

@@ -1,4 +1,4 @@
-"""Evaluating an ensemble: every member, every prefix ensemble and the whole BANE on a split.
+"""Evaluating an ensemble: every member, the paper's ensembles of them and the whole BANE on a split.
 
 Each member runs in its own onnxruntime session over the split's uint8 images; its output
 becomes log-probabilities, and the ensembles average them (:mod:`bandistill.bane`). Every
@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from bandistill.bane import check_average, combine
+from bandistill.bane import check_average, ensemble_probs
 from bandistill.errors import UserError
 from bandistill.metrics import classification_metrics
 from bandistill.onnx.members import OnnxMember, load_members, member_log_probs
@@ -71,10 +71,6 @@ def load_split(members: Sequence[OnnxMember], dataset=None, *, data_dir=None, sp
     return ds, images, labels, warnings
 
 
-def _prefix_label(k: int, total: int) -> str:
-    return f"BANE (all {total})" if k == total else f"ensemble of first {k}"
-
-
 def evaluate_ensemble(
     onnx_paths: Iterable[str | os.PathLike],
     dataset=None,
@@ -90,11 +86,14 @@ def evaluate_ensemble(
     progress: bool = False,
     return_probs: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate every member, every prefix ensemble and the whole BANE on a dataset split.
+    """Evaluate every member, the paper's ensembles of them, and the whole BANE on a dataset split.
 
-    Returns ``{"members": [...], "prefixes": [...], "ensemble": {...}, ...}`` where each entry
-    has ``accuracy``, ``error`` (top-1), ``nll`` and ``ece`` (15 bins). ``prefixes`` holds the
-    ensembles of the first 2, 3, ..., all members (the last equals ``ensemble``). With
+    Returns ``{"members": [...], "ensembles": [...], "prefixes": [...], "ensemble": {...}, ...}``
+    where each entry has ``accuracy``, ``error`` (top-1), ``nll`` and ``ece`` (15 bins).
+    ``ensembles`` are :func:`bandistill.bane.ensemble_probs`' for the members' generations
+    (for a chain gen0..genN: Ens*2 .. Ens*N without the teacher, then Ens(0..1) .. Ens(0..N));
+    ``prefixes`` are those of them made of the first k members, and ``ensemble`` is the
+    whole (``label`` "BANE (Ens(0..N))"). With
     ``predictions`` the ensemble's probabilities are written there (.npy, .npz or .csv);
     with ``save_onnx`` the merged single-graph ensemble is written and checked on the same
     images (see :func:`save_merged_onnx`). ``return_probs`` adds the arrays under
@@ -127,22 +126,16 @@ def evaluate_ensemble(
         if m.test_accuracy is not None:
             row["train_reported_accuracy"] = m.test_accuracy
         member_rows.append(row)
-    prefixes = []
-    probs = np.exp(log_probs[0]) if len(members) == 1 else None
-    for k in range(2, len(members) + 1):
-        probs = combine(log_probs[:k], average)
-        prefixes.append({
-            "members": k,
-            "label": _prefix_label(k, len(members)),
-            "names": [m.name for m in members[:k]],
-            **classification_metrics(probs, labels_np),
-        })
-    whole = {
-        "members": len(members),
-        "label": _prefix_label(len(members), len(members)),
-        "names": [m.name for m in members],
-        **classification_metrics(probs, labels_np),
-    }
+    # the paper's ensembles (Ens*k, Ens(0..k)), the same function as the born-again report
+    named = ensemble_probs(log_probs, [m.generation for m in members], average)
+    ensembles = [{"name": ens.name, "members": len(ens.members), "with_teacher": ens.with_teacher,
+                  "names": [members[i].name for i in ens.members], **classification_metrics(p, labels_np)}
+                 for ens, p in named]
+    prefixes = [row for row, (ens, _) in zip(ensembles, named) if ens.members == tuple(range(len(ens.members)))]
+    probs = named[-1][1] if named else np.exp(log_probs[0])  # the whole BANE (the last is every member)
+    whole = dict(ensembles[-1]) if ensembles else {"name": members[0].name, "members": 1, "names": [members[0].name],
+                                                   **classification_metrics(probs, labels_np)}
+    whole["label"] = f"BANE ({whole['name']})"
     result: dict[str, Any] = {
         "dataset": ds.name,
         "dataset_fingerprint": ds.fingerprint,
@@ -151,6 +144,7 @@ def evaluate_ensemble(
         "average": average,
         "provider": provider_name(providers),
         "members": member_rows,
+        "ensembles": ensembles,
         "prefixes": prefixes,
         "ensemble": whole,
         "warnings": warnings,
