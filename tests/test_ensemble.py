@@ -294,6 +294,21 @@ def test_refuses_different_datasets_unless_allow_mixed(gens, odd_models) -> None
     assert data["ensemble"]["members"] == 2 and data["warnings"]  # the mismatch is still reported
 
 
+def test_a_model_with_float_input_is_refused_not_fed_cast_images(gens, tmp_path) -> None:
+    """A member taking float images next to uint8 data: one line, exit 2 (never a silent cast)."""
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(gens["gen0"]))
+    for node in model.graph.node:  # image (float) -> Cast -> image_u8 -> the exported graph
+        node.input[:] = ["image_u8" if name == "image" else name for name in node.input]
+    model.graph.node.insert(0, helper.make_node("Cast", ["image"], ["image_u8"], to=TensorProto.UINT8))
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "float_in.onnx"))
+    _refused(["--onnx", str(tmp_path / "float_in.onnx"), "--dataset", "digits"],
+             "float_in.onnx takes float32 images but digits images are uint8")
+
+
 def test_refuses_a_dataset_with_another_class_count(odd_models) -> None:
     _refused(["--onnx", str(odd_models["five"]), "--dataset", "digits"], "has 10 classes but the models predict 5")
 

@@ -68,10 +68,20 @@ def test_onnx_accuracy_equals_what_train_reported(gen0_onnx, digits, digits_gen0
     np.testing.assert_allclose(one, logits[:3], atol=1e-5)
 
 
-def test_float_images_are_refused_by_the_input_type(gen0_onnx, digits) -> None:
+def test_float_images_are_refused_not_cast(gen0_onnx, digits) -> None:
     session = create_session(gen0_onnx[0], "cpu")
+    floats = digits.test_images[:8].numpy().astype(np.float32) / 255  # what a deployment might pass by mistake
     with pytest.raises(Exception, match="(?i)type|uint8"):
-        session.run(None, {"image": digits.test_images[:2].numpy().astype(np.float32) / 255})
+        session.run(None, {"image": floats})  # onnxruntime's own type check
+    for images in (floats, torch.from_numpy(floats), floats.astype(np.float64), floats.astype(np.int64)):
+        with pytest.raises(UserError, match="takes uint8 images .* but was given (float32|float64|int64) images; "
+                                            "pass them as uint8 .nothing is cast"):
+            run_batched(session, images)
+    from bandistill.onnx.members import member_probabilities
+
+    with pytest.raises(UserError, match="nothing is cast"):
+        member_probabilities([gen0_onnx[0]], floats, provider="cpu")
+    assert run_batched(session, digits.test_images[:8]).shape == (8, 10)  # uint8 goes in as it is
 
 
 def test_old_opset_uses_the_torchscript_exporter(gen0_ckpt, digits, tmp_path) -> None:

@@ -64,10 +64,15 @@ def load_split(members: Sequence[OnnxMember], dataset=None, *, data_dir=None, sp
             f"dataset {ds.name} has images of shape {list(ds.image_shape)} but the models take {list(first.input_shape)}; "
             f"pass the dataset they were trained on (--dataset {first.dataset})"
         )
+    images, labels = _split_arrays(ds, split)
+    image_dtype = str(images.dtype).replace("torch.", "")
+    for m in members:
+        if m.input_dtype != image_dtype:  # never cast (see bandistill.onnx.runtime.check_input_dtype)
+            raise UserError(f"{m.name} takes {m.input_dtype} images but {ds.name} images are {image_dtype} "
+                            "(raw pixels); export the model with 'bandistill export', whose models take uint8")
     for m in members:
         if m.fingerprint and m.fingerprint != ds.fingerprint and m.kind == "member":
             warnings.append(f"{m.name} was trained on {m.dataset} ({m.fingerprint}), evaluated on {ds.name} ({ds.fingerprint})")
-    images, labels = _split_arrays(ds, split)
     return ds, images, labels, warnings
 
 

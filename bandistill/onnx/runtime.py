@@ -135,15 +135,14 @@ def run_batched(
 ) -> np.ndarray:
     """Run ``session`` over ``images`` (its one input) in batches; the ``output``-th output, stacked.
 
-    ``images`` is cast to the session input's element type (``uint8`` for bandistill
-    models), so a uint8 tensor from :mod:`bandistill.data` goes in as it is.
+    ``images`` must already have the input's element type (``uint8`` raw pixels for
+    bandistill models): nothing is cast, because a float image in [0, 1] cast to uint8 is
+    all 0s and 1s and would give confident garbage (:func:`check_input_dtype`).
     """
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().numpy()
+    check_input_dtype(session, images.dtype)
     inp = session.get_inputs()[0]
-    dtype = _NP_TYPES.get(inp.type)
-    if dtype is not None and images.dtype != dtype:
-        images = images.astype(dtype)
     name = inp.name
     out_name = session.get_outputs()[output].name
     if batch_size <= 0:
@@ -157,6 +156,17 @@ def run_batched(
     if not chunks:
         return np.empty((0,), dtype=np.float32)
     return np.concatenate(chunks, axis=0)
+
+
+def check_input_dtype(session: ort.InferenceSession, dtype) -> None:
+    """Refuse images whose element type is not the model's input type, with one line; never cast."""
+    want = _NP_TYPES.get(session.get_inputs()[0].type)
+    got = np.dtype(dtype)
+    if want is not None and got != want:
+        what = "uint8 images (raw pixel values 0-255; normalisation is inside the graph)" if want == np.uint8 \
+            else f"{np.dtype(want).name} images"
+        raise UserError(f"the model takes {what} but was given {got.name} images; pass them as "
+                        f"{np.dtype(want).name} (nothing is cast: a float image cast to uint8 would be 0s and 1s)")
 
 
 _NP_TYPES = {
