@@ -1,10 +1,12 @@
-"""The training loop, for generation 0 (labels) and for students (labels + cached soft targets).
+"""The training run, for generation 0 (labels) and for students (labels + cached soft targets).
 
-The whole training split lives on the device as one uint8 tensor. Each epoch draws a
-permutation and one view per sample from pure functions of (seed, epoch), so a resumed
-run replays exactly what an uninterrupted one would have done. Each step cuts a batch,
-makes its views with batched integer gathers (:mod:`bandistill.views`) and normalises;
-there is no per-sample Python and there are no loader workers.
+``TrainRun`` is the bookkeeping around the hot step of :mod:`bandistill.step`: config,
+resume, checkpoints and metrics. The whole training split lives on the device as one
+uint8 tensor. Each epoch draws a permutation and one view per sample from pure functions
+of (seed, epoch), so a resumed run replays exactly what an uninterrupted one would have
+done. Each step cuts a batch, makes its views with batched integer gathers
+(:mod:`bandistill.views`) and normalises; there is no per-sample Python and there are no
+loader workers.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import torch.nn.functional as F
 
 from bandistill.checkpoint import load_checkpoint, save_checkpoint
 from bandistill.data import ImageDataset, load_dataset
-from bandistill.device import autocast, resolve_device
+from bandistill.device import resolve_device
 from bandistill.errors import UserError
 from bandistill.inference import accuracy_and_nll, predict_logits
 from bandistill.models import build_model, count_parameters, default_weight_decay, validate_model_name
 from bandistill.progress import make_progress
-from bandistill.views import ViewPolicy, normalize, view_hash
+from bandistill.step import StepData, TrainStep
+from bandistill.views import ViewPolicy, view_hash
 
 MODEL_FILE = "model.pt"
 LAST_FILE = "last.pt"
@@ -264,11 +267,12 @@ class TrainRun:
     def _train_epochs(self) -> None:
         c, dev = self.config, self.device
         self._rewrite_metrics()
-        train_x = self.dataset.train_images.to(dev)
-        train_y = self.dataset.train_labels.to(dev)
         mean = torch.tensor(self.mean_list, device=dev)
         std = torch.tensor(self.std_list, device=dev)
-        n = train_x.shape[0]
+        data = StepData(images=self.dataset.train_images.to(dev), labels=self.dataset.train_labels.to(dev),
+                        params=torch.empty(0), mean=mean, std=std, policy=self.policy)
+        step = TrainStep(self.model, self.optimizer, self.loss_fn, data)
+        n = data.images.shape[0]
         steps = max(1, math.ceil(n / c.batch_size))
         with make_progress(self.show_progress) as progress:
             task = progress.add_task(f"train {c.model}", total=c.epochs, completed=self.start_epoch, info="")
@@ -278,38 +282,22 @@ class TrainRun:
                 gen = torch.Generator().manual_seed(_epoch_seed(c.seed, epoch, 2))
                 perm = torch.randperm(n, generator=gen).to(dev)
                 if self.targets is not None:
-                    params = self.targets.epoch_params(epoch)
+                    step.begin_epoch(self.targets.epoch_params(epoch))
                 else:
-                    params = self.policy.params(c.seed, 1_000_000 + epoch, np.arange(n)).to(dev)
-                self.model.train()
-                loss_sum = torch.zeros((), device=dev)
-                correct = torch.zeros((), device=dev, dtype=torch.long)
-                seen = 0
-                for step in range(steps):
-                    idx = perm[step * c.batch_size : (step + 1) * c.batch_size]
-                    if idx.numel() < 2 and step > 0:  # BatchNorm cannot train on one sample
+                    step.begin_epoch(self.policy.params(c.seed, 1_000_000 + epoch, np.arange(n)).to(dev))
+                for s in range(steps):
+                    idx = perm[s * c.batch_size : (s + 1) * c.batch_size]
+                    if idx.numel() < 2 and s > 0:  # BatchNorm cannot train on one sample
                         continue
-                    lr = learning_rate(c, epoch, step, steps)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    x = normalize(self.policy.apply(train_x[idx], params[idx]), mean, std)
-                    y = train_y[idx]
-                    teacher = self.targets.batch_logits(epoch, idx) if self.targets is not None else None
-                    with autocast(dev):
-                        logits = self.model(x)
-                    loss = self.loss_fn(logits.float(), y, teacher)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
-                    loss_sum += loss.detach() * idx.numel()
-                    correct += (logits.detach().argmax(1) == y).sum()
-                    seen += idx.numel()
+                    step.set_lr(learning_rate(c, epoch, s, steps))
+                    step.step(idx, self.targets.batch_logits(epoch, idx) if self.targets is not None else None)
+                loss, accuracy, seen = step.end_epoch()
                 train_seconds = time.perf_counter() - t0
                 record = {
                     "epoch": epoch + 1,
                     "lr": learning_rate(c, epoch, 0, steps),
-                    "loss": loss_sum.item() / max(seen, 1),
-                    "train_accuracy": correct.item() / max(seen, 1),
+                    "loss": loss,
+                    "train_accuracy": accuracy,
                 }
                 record.update(self._evaluate(mean, std))
                 record["seconds"] = time.perf_counter() - t0
