@@ -21,7 +21,11 @@ from bandistill.progress import stderr_console
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
-              help="onnxruntime execution provider: auto is CUDA when a GPU is usable, else CPU.")
+              help="onnxruntime execution provider: auto is CUDA when a GPU is usable, else CPU; cuda never "
+                   "falls back (one line says why CUDA cannot run). The provider each session ran on is shown.")
+@click.option("--cuda-graph", is_flag=True,
+              help="Capture each session as an onnxruntime CUDA graph at --batch-size (the last batch padded); "
+                   "CUDA only.")
 @click.option("--average", type=click.Choice(AVERAGES), default="probs", show_default=True,
               help="Average the members' probabilities, or their logits (then softmax).")
 @click.option("--allow-mixed", is_flag=True, help="Ensemble members trained on different data.")
@@ -30,7 +34,7 @@ from bandistill.progress import stderr_console
 @click.option("--save-onnx", type=click.Path(dir_okay=False), default=None,
               help="Write the whole ensemble as one ONNX graph (checked against the members).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def command(onnx_paths, more_onnx, dataset, data_dir, split, batch_size, provider, average, allow_mixed,
+def command(onnx_paths, more_onnx, dataset, data_dir, split, batch_size, provider, cuda_graph, average, allow_mixed,
             predictions, save_onnx, as_json) -> None:
     """Evaluate ONNX generations and their ensembles (BANE): top-1 error, NLL, ECE.
 
@@ -45,7 +49,7 @@ def command(onnx_paths, more_onnx, dataset, data_dir, split, batch_size, provide
     result = evaluate_ensemble(
         resolve_onnx_paths([*onnx_paths, *more_onnx]), dataset, data_dir=data_dir, split=split, batch_size=batch_size,
         provider=provider, average=average, allow_mixed=allow_mixed, predictions=predictions,
-        save_onnx=save_onnx, progress=not as_json,
+        save_onnx=save_onnx, progress=not as_json, cuda_graph=cuda_graph,
     )
     for warning in result["warnings"]:
         stderr_console.print(f"[yellow]warning:[/yellow] {warning}")
@@ -56,16 +60,16 @@ def command(onnx_paths, more_onnx, dataset, data_dir, split, batch_size, provide
     for m in result["members"]:
         reported = m.get("train_reported_accuracy")
         rows.append((m["name"], m["generation"], m["networks"], *_figures(m),
-                     "" if reported is None else f"{100 * (1 - reported):.2f}"))
+                     "" if reported is None else f"{100 * (1 - reported):.2f}", m["provider"]))
     for e in result["ensembles"][:-1]:
-        rows.append((e["name"], "", e["members"], *_figures(e), ""))
+        rows.append((e["name"], "", e["members"], *_figures(e), "", ""))
     if len(result["members"]) > 1:
         e = result["ensemble"]
-        rows.append((e["label"], "", e["members"], *_figures(e), ""))
+        rows.append((e["label"], "", e["members"], *_figures(e), "", ""))
     print_table(
         f"{result['dataset']} {result['split']} ({result['samples']} images), average of {result['average']}, "
         f"onnxruntime on {result['provider']}",
-        ["model", "gen", "nets", "top-1 err %", "NLL", "ECE %", "reported err %"],
+        ["model", "gen", "nets", "top-1 err %", "NLL", "ECE %", "reported err %", "ran on"],
         rows,
     )
     if any(e["name"].startswith("Ens") for e in result["ensembles"]):
@@ -75,6 +79,7 @@ def command(onnx_paths, more_onnx, dataset, data_dir, split, batch_size, provide
         m = result["merged"]
         click.echo(
             f"wrote {m['out']}: one graph of {len(m['members'])} members; top-1 err {100 * m['merged_error']:.2f}% "
+            f"on {m['provider']}"
             f"(max |prob diff| vs members {m['max_abs_prob_diff']:.1e}, predictions agree {100 * m['prediction_agreement']:.1f}%)"
         )
     if "predictions" in result:

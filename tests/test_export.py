@@ -17,7 +17,7 @@ from bandistill.errors import UserError, VerificationError
 from bandistill.cli.paths import plan_exports
 from bandistill.onnx.export import export_checkpoint
 from bandistill.onnx.meta import DEFAULT_OPSET, read_metadata
-from bandistill.onnx.runtime import create_session, resolve_providers, run_batched
+from bandistill.onnx.runtime import create_session, run_batched
 
 
 @pytest.fixture(scope="session")
@@ -165,13 +165,3 @@ def test_out_that_is_a_checkpoint_is_refused_and_kept(gen0_ckpt, tmp_path) -> No
     assert res.exit_code == 2, res.output
     assert "PyTorch checkpoint" in res.output and len(res.output.strip().splitlines()) == 1
     assert victim.read_bytes() == before
-
-
-def test_provider_choice_on_this_machine() -> None:
-    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
-    if not torch.cuda.is_available():
-        assert resolve_providers("auto") == ["CPUExecutionProvider"]
-        with pytest.raises(UserError, match="--provider cuda"):
-            resolve_providers("cuda")
-    with pytest.raises(UserError, match="unknown --provider"):
-        resolve_providers("tpu")

@@ -19,7 +19,7 @@ import numpy as np
 from bandistill.bane import check_average, ensemble_probs
 from bandistill.errors import UserError
 from bandistill.metrics import classification_metrics
-from bandistill.onnx.members import OnnxMember, load_members, member_log_probs
+from bandistill.onnx.members import OnnxMember, load_members, run_members
 
 SPLITS = ("test", "val", "train")
 PREDICTION_SUFFIXES = (".npy", ".npz", ".csv")
@@ -90,6 +90,7 @@ def evaluate_ensemble(
     save_onnx: str | os.PathLike | None = None,
     progress: bool = False,
     return_probs: bool = False,
+    cuda_graph: bool = False,
 ) -> dict[str, Any]:
     """Evaluate every member, the paper's ensembles of them, and the whole BANE on a dataset split.
 
@@ -102,7 +103,9 @@ def evaluate_ensemble(
     ``predictions`` the ensemble's probabilities are written there (.npy, .npz or .csv);
     with ``save_onnx`` the merged single-graph ensemble is written and checked on the same
     images (see :func:`save_merged_onnx`). ``return_probs`` adds the arrays under
-    ``"probs"`` (ensemble) and ``"member_probs"``.
+    ``"probs"`` (ensemble) and ``"member_probs"``. ``provider`` is asked for; the provider
+    each session really ran on is in its member row and in ``"provider"`` (``cuda``,
+    ``cpu`` or ``mixed``). ``cuda_graph`` runs every session as a CUDA graph at ``batch_size``.
     """
     from bandistill.onnx.merge import save_merged_onnx
     from bandistill.onnx.runtime import provider_name, resolve_providers
@@ -116,18 +119,22 @@ def evaluate_ensemble(
         raise UserError(f"--predictions {predictions}: use a .npy, .npz or .csv file name")
     if save_onnx is not None and Path(save_onnx).is_dir():
         raise UserError(f"--save-onnx {save_onnx} is a folder; give the .onnx file to write (e.g. bane.onnx)")
-    providers = resolve_providers(provider)
+    asked = provider_name(resolve_providers(provider, cuda_graph=cuda_graph))  # refuses before any work
     members = load_members(onnx_paths, allow_mixed=allow_mixed)
     ds, images, labels, warnings = load_split(members, dataset, data_dir=data_dir, split=split)
     labels_np = labels.numpy()
 
     with make_progress(progress) as bar:
         task = bar.add_task("ensemble", total=len(members) * int(images.shape[0]), info=f"{len(members)} members")
-        log_probs = member_log_probs(members, images, provider=provider, batch_size=batch_size, progress=bar, task=task)
+        log_probs, ran_on = run_members(members, images, provider=provider, batch_size=batch_size,
+                                        cuda_graph=cuda_graph, progress=bar, task=task)
+    for m, where in zip(members, ran_on):
+        if where != asked:  # only possible with auto: --provider cuda refuses instead
+            warnings.append(f"{m.name} ran on onnxruntime's {where.upper()} provider, not {asked.upper()}")
 
     member_rows = []
-    for m, lp in zip(members, log_probs):
-        row = {**m.summary(), **classification_metrics(np.exp(lp), labels_np)}
+    for m, lp, where in zip(members, log_probs, ran_on):
+        row = {**m.summary(), "provider": where, **classification_metrics(np.exp(lp), labels_np)}
         if m.test_accuracy is not None:
             row["train_reported_accuracy"] = m.test_accuracy
         member_rows.append(row)
@@ -147,7 +154,7 @@ def evaluate_ensemble(
         "split": split,
         "samples": int(labels_np.shape[0]),
         "average": average,
-        "provider": provider_name(providers),
+        "provider": ran_on[0] if len(set(ran_on)) == 1 else "mixed",
         "members": member_rows,
         "ensembles": ensembles,
         "prefixes": prefixes,

@@ -147,28 +147,44 @@ def load_members(paths: Iterable[str | os.PathLike], *, allow_mixed: bool = Fals
     return members
 
 
-def member_log_probs(
+def run_members(
     members: Sequence[OnnxMember],
     images,
     *,
     provider: str = "auto",
     batch_size: int = 256,
+    cuda_graph: bool = False,
     progress=None,
     task=None,
-) -> list[np.ndarray]:
-    """Each member's log-probabilities ``(N, classes)`` (float64), one onnxruntime session each."""
-    from bandistill.onnx.runtime import create_session, run_batched
+) -> tuple[list[np.ndarray], list[str]]:
+    """Each member's log-probabilities ``(N, classes)`` (float64), and the provider its session really ran on.
 
-    out = []
+    One onnxruntime session per member, run through IO binding
+    (:func:`bandistill.onnx.runtime.run_bound`): the images go to the device once for all
+    members. ``cuda_graph`` runs fixed ``batch_size`` batches captured as CUDA graphs.
+    """
+    import torch
+
+    from bandistill.onnx.runtime import create_session, run_bound, session_device, session_provider
+
+    images = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    on_device: dict[str, torch.Tensor] = {}
+    log_probs, providers = [], []
     for m in members:
-        session = create_session(m.path, provider)
-        raw = run_batched(
-            session, images, batch_size=batch_size,
-            on_batch=(lambda n: progress.advance(task, n)) if progress is not None else None,
-        )
-        out.append(to_log_probs(raw, m.output))
+        session = create_session(m.path, provider, cuda_graph=cuda_graph)
+        device = session_device(session)
+        x = on_device.setdefault(str(device), images.to(device))  # once per device, not per member
+        raw = run_bound(session, x, batch_size=batch_size, static=cuda_graph,
+                        on_batch=(lambda n: progress.advance(task, n)) if progress is not None else None)
+        log_probs.append(to_log_probs(raw, m.output))
+        providers.append(session_provider(session))
         del session
-    return out
+    return log_probs, providers
+
+
+def member_log_probs(members: Sequence[OnnxMember], images, **kwargs: Any) -> list[np.ndarray]:
+    """Each member's log-probabilities (:func:`run_members` without the providers)."""
+    return run_members(members, images, **kwargs)[0]
 
 
 def member_probabilities(

@@ -180,7 +180,7 @@ def save_merged_onnx(
     top two are not tied; otherwise :class:`VerificationError` and nothing is written.
     With ``labels``, the merged model's own accuracy is reported too.
     """
-    from bandistill.onnx.runtime import create_session, run_batched
+    from bandistill.onnx.runtime import create_session, run_bound, session_provider
 
     out = Path(out).expanduser()
     if out.is_dir():
@@ -209,7 +209,7 @@ def save_merged_onnx(
     def write(tmp: str) -> None:
         onnx.save(model, tmp)
         session = create_session(tmp, provider)
-        got = run_batched(session, check_images, batch_size=batch_size).astype(np.float64)
+        got = run_bound(session, check_images, batch_size=batch_size).astype(np.float64)
         diff = float(np.max(np.abs(got - reference))) if got.size else 0.0
         top2 = np.sort(reference, axis=1)[:, -2:] if reference.shape[1] > 1 else np.zeros((len(reference), 2))
         decided = (top2[:, 1] - top2[:, 0]) > TIE_GAP
@@ -219,6 +219,7 @@ def save_merged_onnx(
             "check_images": source,
             "max_abs_prob_diff": diff,
             "prediction_agreement": float(same.mean()) if same.size else 1.0,
+            "provider": session_provider(session),
         })
         if labels is not None:
             info.update({f"merged_{k}": v for k, v in classification_metrics(got, labels).items()})
