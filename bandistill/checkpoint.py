@@ -5,7 +5,6 @@ They are read with ``torch.load(weights_only=True)``: no arbitrary unpickling.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import zipfile
@@ -95,9 +94,8 @@ def checkpoint_dataset(ckpt: dict[str, Any], name: str | None = None, data_dir: 
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (short form), used to record lineage."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    """sha256 of a file's bytes (short form). Lineage and the manifest use content digests
+    instead (:mod:`bandistill.identity`); this one is kept for files read before those existed."""
+    from bandistill.identity import file_digest as bytes_digest
+
+    return bytes_digest(path)

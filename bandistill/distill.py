@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from bandistill.cache.reader import SoftTargetCache, open_cache
-from bandistill.checkpoint import file_digest, load_checkpoint
+from bandistill.checkpoint import load_checkpoint
 from bandistill.data import ImageDataset
+from bandistill.identity import cache_digest, checkpoint_digest
 from bandistill.views import view_hash
 
 #: Stream tag for the view schedule's hash (keeps it apart from the other uses of the seed).
@@ -68,7 +69,7 @@ class CachedSoftTargets:
         self.num_views = info.num_views
         self.generation = info.teacher_generation
         self.loss, self.temperature, self.alpha = loss, float(temperature), float(alpha)
-        self.digest = file_digest(self.path)
+        self.digest = cache_digest(self.path)  # content, not bytes: the same cache dumped again matches
         params_bytes = info.num_views * info.num_samples * 3 * 2
         self.in_memory = cache.logits_nbytes + params_bytes <= memory_budget_bytes
         self._view: int | None = None
@@ -78,6 +79,19 @@ class CachedSoftTargets:
         if self.in_memory:
             self._logits = torch.from_numpy(cache.read_logits()).to(self.device)
             self._params = torch.from_numpy(cache.read_view_params_all()).to(self.device)
+
+    def same_content(self, digest: str | None) -> bool:
+        """Whether ``digest`` (from a checkpoint's lineage) names this cache's content.
+
+        Runs started before content identity recorded the file's bytes digest; that is accepted too.
+        """
+        if digest is None:
+            return False
+        if digest == self.digest:
+            return True
+        from bandistill.identity import file_digest
+
+        return digest == file_digest(self.path)
 
     @property
     def mode(self) -> str:
@@ -174,7 +188,7 @@ def lineage_chain(checkpoint: str | Path) -> list[dict[str, Any]]:
         "generation": int(ckpt.get("generation") or 0),
         "model": ckpt["model"]["name"],
         "checkpoint": str(checkpoint),
-        "checkpoint_digest": file_digest(checkpoint),
+        "checkpoint_digest": checkpoint_digest(checkpoint),
         "test_accuracy": (ckpt.get("metrics") or {}).get("test_accuracy"),
     }]
     link = ckpt.get("teacher")

@@ -15,6 +15,7 @@ settings the call does nothing and reports it (so a pipeline can call it uncondi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -28,11 +29,13 @@ from bandistill import distributed
 from bandistill.cache import schema
 from bandistill.cache.reader import open_cache
 from bandistill.cache.writer import CacheWriter, read_partial_state
-from bandistill.checkpoint import checkpoint_dataset, file_digest, load_checkpoint, model_from_checkpoint, normalization
+from bandistill.checkpoint import checkpoint_dataset, load_checkpoint, model_from_checkpoint, normalization
 from bandistill.data import ImageDataset
 from bandistill.device import resolve_device
 from bandistill.errors import UserError
+from bandistill.identity import checkpoint_identity
 from bandistill.inference import accuracy_and_nll, predict_logits
+from bandistill.lock import file_lock
 from bandistill.progress import make_progress
 
 #: Largest magnitude float16 holds; a teacher beyond it needs --dtype float32.
@@ -95,6 +98,8 @@ class LogitDump:
             raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
         if dtype not in schema.DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(schema.DTYPES)}, got {dtype!r}")
+        if not str(out).strip():
+            raise UserError("--out is empty; name the cache file, e.g. --out cache/gen0.h5")
         self.out = Path(out)
         if self.out.is_dir():
             raise UserError(f"--out {self.out} is a folder; pass a file name such as {self.out / 'gen0.h5'}")
@@ -109,7 +114,7 @@ class LogitDump:
         if self.policy.to_json() != self.ckpt["dataset"]["view_policy"]:
             raise UserError(f"the checkpoint's view policy {self.ckpt['dataset']['view_policy']} is not "
                             f"{self.dataset.name}'s {self.policy.to_json()}; retrain the teacher with this version")
-        self.teacher_digest = file_digest(self.checkpoint)
+        self.teacher_digest = checkpoint_identity(self.ckpt)  # the model it holds, not the file's bytes
         self.model = load_teacher(self.ckpt, self.device)
         self.mean, self.std = normalization(self.ckpt)
         self.estimate = schema.storage_bytes(
@@ -336,15 +341,18 @@ def dump_logits(
     Under torchrun every rank dumps a shard of the samples (see :mod:`bandistill.sharded_dump`).
     """
     w = distributed.start(device)
-    with distributed.agreement():  # under torchrun: a bad checkpoint or --out on any rank stops every rank
-        job = LogitDump(checkpoint, dataset, out, views=views, data_dir=data_dir, seed=seed, dtype=dtype,
-                        batch_size=batch_size, device=device, overwrite=overwrite,
-                        progress=progress and w.is_main, log=log if w.is_main else None)
-    if w.size > 1:
-        from bandistill.sharded_dump import run_sharded
+    with contextlib.ExitStack() as held:
+        with distributed.agreement():  # under torchrun: a bad checkpoint or --out on any rank stops every rank
+            job = LogitDump(checkpoint, dataset, out, views=views, data_dir=data_dir, seed=seed, dtype=dtype,
+                            batch_size=batch_size, device=device, overwrite=overwrite,
+                            progress=progress and w.is_main, log=log if w.is_main else None)
+            if w.is_main:  # one dump per cache file (another would start this one's .partial over)
+                held.enter_context(file_lock(job.out))
+        if w.size > 1:
+            from bandistill.sharded_dump import run_sharded
 
-        return run_sharded(job, stop_after_views=stop_after_views)
-    return job.run(stop_after_views=stop_after_views)
+            return run_sharded(job, stop_after_views=stop_after_views)
+        return job.run(stop_after_views=stop_after_views)
 
 
 def is_complete(path: str | Path) -> bool:

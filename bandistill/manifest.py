@@ -1,10 +1,14 @@
 """The manifest of a multi-stage run: what each stage produced, and from what.
 
 A stage is identified by a name (``gen1.train``) and a *signature*: the options that
-shape its output plus the digests of the files it reads. A stage whose recorded
-signature equals the current one and whose outputs are still on disk (same sizes) is
-complete and is skipped. A different signature means the stage, and through the
-digests everything downstream of it, must be re-run; :meth:`Manifest.changes` says why.
+shape its output plus the content digests (:mod:`bandistill.identity`) of the files it
+reads. Each output is recorded with its content digest, and a stage is complete only
+while its recorded signature equals the current one *and* every output still has that
+digest: a deleted, truncated or replaced output (even one of the same size) is not done.
+
+Because downstream signatures hold upstream *content* digests, an input rebuilt with the
+same content (a cache dumped again, ``model.pt`` rewritten from ``last.pt``) leaves every
+later stage complete; a different content makes them ``changed`` (:meth:`Manifest.status`).
 """
 
 from __future__ import annotations
@@ -15,9 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bandistill.checkpoint import atomic_write, file_digest
+from bandistill.checkpoint import atomic_write
+from bandistill.errors import UserError
+from bandistill.identity import file_digest, output_digest
 
 MANIFEST_FILE = "manifest.json"
+
+#: Stage states: complete; recorded with another signature (re-running discards its work); recorded
+#: with this signature but interrupted or with an output missing or damaged; never recorded.
+DONE, CHANGED, RESUME, NEW = "done", "changed", "resume", "new"
 
 
 class Manifest:
@@ -28,10 +38,7 @@ class Manifest:
         self.path = self.root / MANIFEST_FILE
         self.stages: dict[str, dict[str, Any]] = {}
         if self.path.exists():
-            try:
-                self.stages = json.loads(self.path.read_text()).get("stages", {})
-            except (json.JSONDecodeError, AttributeError):
-                self.stages = {}  # unreadable: every stage re-validates by re-running
+            self.stages = _read(self.path)
 
     def _save(self) -> None:
         text = json.dumps({"stages": self.stages}, indent=2, sort_keys=True)
@@ -40,13 +47,33 @@ class Manifest:
     def record(self, stage: str) -> dict[str, Any] | None:
         return self.stages.get(stage)
 
-    def is_done(self, stage: str, signature: dict[str, Any]) -> bool:
-        """Recorded as done with this signature, and every output still there at its size."""
-        rec = self.stages.get(stage)
-        if not rec or rec.get("status") != "done" or rec.get("signature") != signature:
+    def damaged_outputs(self, stage: str) -> list[str]:
+        """Recorded outputs (paths under root) that are missing or no longer have their recorded content."""
+        rec = self.stages.get(stage) or {}
+        return [rel for rel, meta in rec.get("outputs", {}).items() if not self._intact(rel, meta)]
+
+    def _intact(self, rel: str, meta: dict[str, Any]) -> bool:
+        path = self.root / rel
+        if not path.is_file():
             return False
-        return all((self.root / p).is_file() and (self.root / p).stat().st_size == meta["size"]
-                   for p, meta in rec.get("outputs", {}).items())
+        if meta.get("identity") == "content":
+            return output_digest(path) == meta["digest"]
+        return file_digest(path) == meta.get("digest")  # recorded before content identity existed
+
+    def is_done(self, stage: str, signature: dict[str, Any]) -> bool:
+        """Recorded as done with this signature, and every output still there with its content."""
+        return self.status(stage, signature) == DONE
+
+    def status(self, stage: str, signature: dict[str, Any]) -> str:
+        """:data:`DONE`, :data:`CHANGED`, :data:`RESUME` or :data:`NEW` (see the module docstring)."""
+        rec = self.stages.get(stage)
+        if not rec:
+            return NEW
+        if rec.get("signature") != signature:
+            return CHANGED
+        if rec.get("status") != "done" or self.damaged_outputs(stage):
+            return RESUME
+        return DONE
 
     def changes(self, stage: str, signature: dict[str, Any]) -> list[str]:
         """Human-readable differences from the recorded signature (empty when none is recorded)."""
@@ -62,11 +89,11 @@ class Manifest:
         self._save()
 
     def finish(self, stage: str, signature: dict[str, Any], outputs: list[str | Path], result: Any = None) -> None:
-        """Mark a stage done, with the size and digest of each output (paths under root)."""
+        """Mark a stage done, with the content digest of each output (paths under root)."""
         files = {}
         for p in outputs:
             rel = str(Path(p).resolve().relative_to(self.root.resolve()))
-            files[rel] = {"size": (self.root / rel).stat().st_size, "digest": file_digest(self.root / rel)}
+            files[rel] = {"digest": output_digest(self.root / rel), "identity": "content"}
         rec = self.stages.get(stage, {})
         self.stages[stage] = {
             "status": "done",
@@ -78,6 +105,12 @@ class Manifest:
         }
         self._save()
 
+    def forget(self, stages: list[str]) -> None:
+        """Drop the records of ``stages`` (their outputs were moved aside; they will run anew)."""
+        for stage in stages:
+            self.stages.pop(stage, None)
+        self._save()
+
     def digest(self, stage: str, output: str | Path) -> str:
         """The recorded digest of one output of a done stage (what downstream signatures use)."""
         rel = str(Path(output).resolve().relative_to(self.root.resolve()))
@@ -85,3 +118,22 @@ class Manifest:
 
     def result(self, stage: str) -> Any:
         return self.stages[stage].get("result")
+
+
+def _read(path: Path) -> dict[str, dict[str, Any]]:
+    """The stage records of a manifest file, or :class:`UserError` when it is damaged or edited out of shape."""
+    try:
+        data = json.loads(path.read_text())
+        stages = data["stages"]
+        ok = isinstance(stages, dict) and all(
+            isinstance(rec, dict) and isinstance(rec.get("signature"), dict)
+            and isinstance(rec.get("outputs", {}), dict)
+            and all(isinstance(m, dict) and isinstance(m.get("digest"), str) for m in rec.get("outputs", {}).values())
+            for rec in stages.values()
+        )
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError):
+        ok = False
+    if not ok:
+        raise UserError(f"{path} is damaged (not a bandistill manifest); restore it, or move it aside and rerun: "
+                        "finished generations are then recognised from their files")
+    return stages

@@ -27,6 +27,7 @@ from bandistill.data import ImageDataset, load_dataset
 from bandistill.device import resolve_device
 from bandistill.errors import UserError
 from bandistill.inference import accuracy_and_nll, predict_logits
+from bandistill.lock import folder_lock
 from bandistill.models import build_model, count_parameters, default_weight_decay, validate_model_name
 from bandistill.progress import make_progress
 from bandistill.step import StepData, TrainStep
@@ -136,6 +137,8 @@ class TrainRun:
 
     def __init__(self, config: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True):
         self.config = config.validate()
+        if not str(out).strip():
+            raise UserError("--out is empty; name the run folder, e.g. --out runs/gen0")
         self.out = Path(out)
         self.resume = resume
         self.show_progress = progress
@@ -204,13 +207,21 @@ class TrainRun:
         state = load_checkpoint(last)
         saved = dict(state["config"])
         mine = self.config.to_dict()
-        diff = [k for k in mine if k not in RESUME_FREE_KEYS and saved.get(k) != mine[k]]
-        if "teacher_logits" in diff and self.targets is not None and saved.get("teacher_logits"):
-            # the same cache under another path (./c.h5 for c.h5, a moved run folder): compare contents
-            if (state.get("teacher") or {}).get("cache_digest") == self.targets.digest:
-                diff.remove("teacher_logits")
+        diff = [k for k in mine if k not in (*RESUME_FREE_KEYS, "teacher_logits") and saved.get(k) != mine[k]]
+        taught_by = (state.get("teacher") or {}).get("cache_digest")
+        if self.targets is not None or saved.get("teacher_logits"):
+            # the cache is compared by content, whatever its path (./c.h5, a moved run folder); another
+            # teacher's cache under the same name must not finish a run the first one started
+            if self.targets is None or not self.targets.same_content(taught_by):
+                diff.insert(0, "teacher_logits")
         if diff:
             k = diff[0]
+            if k == "teacher_logits" and self.targets is not None and saved.get("teacher_logits"):
+                raise UserError(
+                    f"cannot resume {self.out}: it was started from another cache (content {taught_by}) than "
+                    f"{self.config.teacher_logits} (content {self.targets.digest}); pass the cache it started "
+                    "from, or another --out"
+                )
             raise UserError(
                 f"cannot resume {self.out}: it was started with {k}={saved.get(k)!r}, not {mine[k]!r}; "
                 "use the same options or another --out"
@@ -357,9 +368,11 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
     reported without retraining.
     """
     run = TrainRun(config, out, resume=resume, progress=progress)
-    if resume and (run.out / MODEL_FILE).exists() and not (run.out / LAST_FILE).exists():
-        raise UserError(f"{run.out} holds a finished run without resume state; choose another --out")
-    return run.run()
+    with folder_lock(run.out):  # one process per run folder (a second one is refused, naming the first)
+        run._check_out_dir()  # again, under the lock: another process may have finished a run here meanwhile
+        if resume and (run.out / MODEL_FILE).exists() and not (run.out / LAST_FILE).exists():
+            raise UserError(f"{run.out} holds a finished run without resume state; choose another --out")
+        return run.run()
 
 
 def _readable(path: Path) -> bool:

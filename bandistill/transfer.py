@@ -16,12 +16,24 @@ from bandistill.errors import UserError
 END_LAYERS = ("stem", "classifier")
 
 
+def check_transferable(teacher: str, student: str, num_classes: int, in_channels: int) -> list[str]:
+    """The end layers :func:`transfer_ends` would copy from a ``teacher`` into a ``student`` (both built
+    empty); :class:`UserError` when it could copy none. Lets ``ban`` refuse before any stage runs."""
+    from bandistill.models import build_model
+
+    teacher_state = build_model(teacher, num_classes, in_channels).state_dict()
+    return _copy_ends(build_model(student, num_classes, in_channels), teacher_state, freeze=False)
+
+
 def transfer_ends(student: torch.nn.Module, teacher_checkpoint: str, *, freeze: bool = True) -> list[str]:
     """Copy ``stem`` and ``classifier`` from the checkpoint where shapes match; freeze them.
 
     Returns the names of the layers copied. Raises :class:`UserError` when none can be.
     """
-    teacher_state = load_checkpoint(teacher_checkpoint)["state_dict"]
+    return _copy_ends(student, load_checkpoint(teacher_checkpoint)["state_dict"], freeze=freeze)
+
+
+def _copy_ends(student: torch.nn.Module, teacher_state: dict[str, torch.Tensor], *, freeze: bool) -> list[str]:
     copied, skipped = [], []
     for layer in END_LAYERS:
         module = getattr(student, layer)

@@ -24,6 +24,7 @@ from bandistill.checkpoint import file_digest, load_checkpoint, normalization
 from bandistill.device import resolve_device
 from bandistill.dump import load_teacher, teacher_dataset
 from bandistill.errors import UserError
+from bandistill.identity import checkpoint_identity
 from bandistill.inference import predict_logits
 
 #: (atol, rtol) per storage dtype, on one device in float32.
@@ -62,10 +63,11 @@ def verify_cache(
         raise UserError(f"--tolerance must be positive, got {tolerance}; leave it out for the cache dtype's bound")
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)
-    digest = file_digest(checkpoint)
+    digest = checkpoint_identity(ckpt)
     with open_cache(cache_path) as cache:
         info = cache.info
-        if info.teacher_digest != digest:
+        # caches dumped before content identity record the checkpoint file's bytes digest
+        if info.teacher_digest not in (digest, file_digest(checkpoint)):
             raise UserError(f"{checkpoint} (digest {digest}) is not the teacher of {cache_path} "
                             f"(made from {info.teacher.get('checkpoint')}, digest {info.teacher_digest}); "
                             "pass that checkpoint")

@@ -85,6 +85,12 @@ IDENTITY_ATTRS = (
 )
 
 
+#: Root attributes that record how and when a dump ran, not what its arrays are: left out of the
+#: cache's content identity (:func:`bandistill.identity.cache_digest`), so a cache dumped again
+#: with the same content has the same digest. A writer that records more of this kind lists it here.
+PROVENANCE_ATTRS = ("created_at", "created_by", "device", "autocast", "batch_size")
+
+
 def partial_path(path: str) -> str:
     """Where the dump for ``path`` writes until it is complete."""
     return str(path) + PARTIAL_SUFFIX

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 from bandistill.cli.output import print_json, print_report_table
 from bandistill.cli.train import LOSSES
-from bandistill.pipeline import BanOptions, run_ban
+from bandistill.pipeline import ban_options, run_ban
 from bandistill.progress import stderr_console
 
 
 @click.command("ban")
-@click.option("--model", required=True, help="Teacher (generation 0) architecture, e.g. densenet-bc-90-60.")
+@click.option("--model", default=None, help="Teacher (generation 0) architecture, e.g. densenet-bc-90-60.")
 @click.option("--student-model", default=None, help="Architecture of generations 1..N (default: --model).")
 @click.option("--transfer-ends", is_flag=True,
               help="Copy the teacher's first and last layers into the students and freeze them (paper Table 5).")
-@click.option("--dataset", required=True, help="cifar10, cifar100, imagefolder or digits.")
+@click.option("--dataset", default=None, help="cifar10, cifar100, imagefolder or digits.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--generations", type=int, default=3, show_default=True, help="Born-again generations after gen0.")
 @click.option("--views", type=int, default=4, show_default=True, help="Augmented views cached per sample.")
@@ -33,10 +34,19 @@ from bandistill.progress import stderr_console
 @click.option("--device", default="auto", show_default=True)
 @click.option("--opset", type=int, default=None, help="ONNX opset of the exported generations.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Experiment folder.")
+@click.option("--supersede", is_flag=True,
+              help="Let changed options redo finished stages; their outputs are moved to OUT/superseded/.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout.")
-def command(out: str, as_json: bool, **opts) -> None:
-    """Train gen0, then N born-again generations from cached logits; export, ensemble, report."""
-    result = run_ban(BanOptions(**opts), out, log=lambda msg: stderr_console.print(f"[dim]{msg}[/dim]"))
+@click.pass_context
+def command(ctx: click.Context, out: str, supersede: bool, as_json: bool, **opts) -> None:
+    """Train gen0, then N born-again generations from cached logits; export, ensemble, report.
+
+    Run it again to finish an interrupted run: options left out are taken from OUT/ban.json,
+    and options that would redo finished stages are refused unless --supersede is given.
+    """
+    given = {k: v for k, v in opts.items() if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+    result = run_ban(ban_options(out, given), out, supersede=supersede,
+                     log=lambda msg: stderr_console.print(f"[dim]{msg}[/dim]"))
     if as_json:
         print_json({k: result[k] for k in ("out", "stages_run", "rows", "files")})
     else:

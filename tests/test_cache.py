@@ -19,6 +19,7 @@ import torch
 from bandistill.cache import schema
 from bandistill.cache.reader import open_cache
 from bandistill.checkpoint import file_digest, load_checkpoint, save_checkpoint
+from bandistill.identity import checkpoint_digest
 from conftest import assert_one_line_error, run_cli
 from bandistill.distill import open_soft_targets
 from bandistill.dump import DumpInterrupted, LogitDump, dump_logits, is_complete
@@ -62,7 +63,7 @@ def test_file_contract_names_shapes_attributes_and_layout(full_dump, teacher):
         assert a["format"] == schema.FORMAT and a["format_version"] == schema.FORMAT_VERSION
         assert a["dataset"] == "digits" and a["num_views"] == 4 and bool(a["complete"])
         assert '"pad": 1' in a["view_policy"]
-        assert '"resnet-20"' in a["teacher"] and file_digest(teacher) in a["teacher"]
+        assert '"resnet-20"' in a["teacher"] and checkpoint_digest(teacher) in a["teacher"]
         ckpt = load_checkpoint(teacher)
         assert a["dataset_fingerprint"] == ckpt["dataset"]["fingerprint"]
     # the view parameters are the policy's pure function of (seed, view, sample)
@@ -278,7 +279,8 @@ def test_verify_cache_fails_with_exit_1_on_wrong_logits(teacher, full_dump, tmp_
 def test_verify_cache_refuses_a_checkpoint_that_is_not_the_teacher(teacher, full_dump, tmp_path):
     other = tmp_path / "other.pt"
     ckpt = load_checkpoint(teacher)
-    ckpt["epoch"] = 99  # same weights, other file: not the checkpoint the cache was made from
+    ckpt["epoch"] = 99  # other bytes with the same weights would be the same teacher (identity is content):
+    ckpt["state_dict"] = {k: v + 0.01 if k == "classifier.bias" else v for k, v in ckpt["state_dict"].items()}
     save_checkpoint({k: v for k, v in ckpt.items() if k not in ("format", "format_version")}, other)
     result = run_cli("verify-cache", "--checkpoint", other, "--cache", full_dump)
     assert_one_line_error(result, "is not the teacher of")

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from bandistill.cache import schema
-from bandistill.checkpoint import file_digest, load_checkpoint
+from bandistill.checkpoint import load_checkpoint
+from bandistill.identity import cache_digest, checkpoint_digest
 from conftest import run_cli
 from bandistill.distill import lineage_chain, open_soft_targets, view_schedule
 from bandistill.dump import DumpInterrupted, dump_logits
@@ -46,7 +47,7 @@ def test_generations_train_from_caches_with_their_teachers_deleted(gen0, tmp_pat
     teacher = tmp_path / "gen0" / "model.pt"
     teacher.parent.mkdir()
     shutil.copy(gen0, teacher)
-    gen0_digest = file_digest(teacher)
+    gen0_digest = checkpoint_digest(teacher)
     for gen in (1, 2):
         cache_path = tmp_path / f"cache/gen{gen - 1}.h5"
         r = run_cli("dump-logits", "--checkpoint", teacher, "--dataset", "digits", "--views", 4,
@@ -63,7 +64,7 @@ def test_generations_train_from_caches_with_their_teachers_deleted(gen0, tmp_pat
         assert ckpt["generation"] == gen
         link = ckpt["teacher"]
         assert link["cache"] == str(cache_path.resolve())
-        assert link["cache_digest"] == file_digest(cache_path)
+        assert link["cache_digest"] == cache_digest(cache_path)  # content, not bytes
         assert link["loss"] == "ban+l" and link["temperature"] == 1.0
         assert link["teacher_generation"] == gen - 1 and link["teacher_model"] == "resnet-20"
     chain = lineage_chain(teacher)
@@ -144,9 +145,34 @@ def test_resume_accepts_the_same_cache_under_another_path_and_budget(cache, tmp_
     result = train(TrainConfig(**config, teacher_logits=str(moved), cache_memory_budget_gb=0.0), tmp_path / "s",
                    resume=True, progress=False)
     assert result["epochs"] == 1
-    other = _copy_with(cache, tmp_path / "other.h5", created_by="someone else")  # other bytes: another cache
-    with pytest.raises(UserError, match="cannot resume"):
-        train(TrainConfig(**config, teacher_logits=str(other)), tmp_path / "s", resume=True, progress=False)
+    other = _copy_with(cache, tmp_path / "other.h5", created_by="someone else")  # other bytes, same content
+    assert train(TrainConfig(**config, teacher_logits=str(other)), tmp_path / "s", resume=True,
+                 progress=False)["epochs"] == 1
+
+
+def test_resume_refuses_another_teachers_cache_under_the_same_name(cache, tmp_path, monkeypatch):
+    """A student killed after epoch 1 whose cache file was replaced used to resume, mixing two teachers."""
+    import bandistill.train as train_module
+    from bandistill.errors import UserError
+    from bandistill.train import train
+
+    path = Path(shutil.copy(cache, tmp_path / "teacher.h5"))
+    config = TrainConfig(model="resnet-20", dataset="digits", epochs=2, device="cpu", seed=3, teacher_logits=str(path))
+    real_save = train_module.save_checkpoint
+
+    def killed_after_epoch_1(obj, where):
+        real_save(obj, where)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "s", progress=False)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    with h5py.File(path, "r+") as f:  # another teacher's logits under the same name
+        f["logits"][...] = f["logits"][...] * np.float16(0.5)
+    with pytest.raises(UserError, match="started from another cache"):
+        train(config, tmp_path / "s", resume=True, progress=False)
+    assert load_checkpoint(tmp_path / "s" / "last.pt")["epoch"] == 1
 
 
 # -- refusals -------------------------------------------------------------------------------------

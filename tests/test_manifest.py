@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from bandistill.errors import UserError
 from bandistill.manifest import Manifest
 from bandistill.pipeline import BanOptions, Chain
 
@@ -27,6 +30,8 @@ def test_done_stage_is_skipped_only_with_the_same_signature_and_outputs(tmp_path
     assert reread.changes("s", {"epochs": 3}) == ["epochs 2 -> 3"]
     out.write_text("longer")  # damaged or replaced output
     assert not reread.is_done("s", {"epochs": 2})
+    out.write_text("y")  # replaced by other content of the same size: not done either (size used to pass)
+    assert not reread.is_done("s", {"epochs": 2}) and reread.status("s", {"epochs": 2}) == "resume"
     out.unlink()
     assert not reread.is_done("s", {"epochs": 2})
 
@@ -41,9 +46,14 @@ def test_digest_changes_with_content(tmp_path):
     assert m.digest("s", out) != first
 
 
-def test_unreadable_manifest_means_nothing_is_done(tmp_path):
-    write(tmp_path / "manifest.json", "{not json")
-    assert Manifest(tmp_path).stages == {}
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"stages": []}', '{"stages": {"gen0.train": "done"}}',
+                                  '{"stages": {"gen0.train": {"signature": {}, "outputs": {"a": 3}}}}'])
+def test_a_damaged_or_misshapen_manifest_is_one_clear_refusal(tmp_path, text):
+    """Hand-edited into the wrong shape it used to raise AttributeError; unreadable, it silently meant 'nothing done'."""
+    write(tmp_path / "manifest.json", text)
+    with pytest.raises(UserError, match="manifest.json is damaged"):
+        Manifest(tmp_path)
+    assert (tmp_path / "manifest.json").read_text() == text
 
 
 class Recorder:
@@ -58,8 +68,9 @@ class Recorder:
         return {"runs": self.runs}
 
 
-def make_chain(root: Path, messages: list[str]) -> Chain:
-    return Chain(BanOptions(model="resnet-20", dataset="digits"), root, 0, messages.append, progress=False)
+def make_chain(root: Path, messages: list[str], supersede: bool = False) -> Chain:
+    return Chain(BanOptions(model="resnet-20", dataset="digits"), root, 0, messages.append, progress=False,
+                 supersede=supersede)
 
 
 def test_stage_skip_resume_and_invalidate(tmp_path):
@@ -76,11 +87,29 @@ def test_stage_skip_resume_and_invalidate(tmp_path):
     again.stage("gen0.train", sig, [action.path], action, cleanup=[tmp_path / "gen0"])
     assert action.runs == 1 and again.trained == []
 
-    # an option that shapes the output changed: its old output is removed and it runs again
+    # an option that shapes the output changed: refused, nothing touched
     stale = write(tmp_path / "gen0" / "last.pt", "old state")
-    again.stage("gen0.train", {"epochs": 3}, [action.path], action, cleanup=[tmp_path / "gen0"])
-    assert action.runs == 2 and not stale.exists()
-    assert "epochs 2 -> 3" in messages[-1] and "re-running" in messages[-1]
+    with pytest.raises(UserError, match=r"would redo finished stages.*epochs 2 -> 3.*gen0.train.*--supersede"):
+        again.stage("gen0.train", {"epochs": 3}, [action.path], action, cleanup=[tmp_path / "gen0"])
+    assert action.runs == 1 and stale.read_text() == "old state" and action.path.read_text() == "run 1"
+
+    # superseding: the old outputs are moved aside, never deleted, and the stage runs again
+    make_chain(tmp_path, messages, supersede=True).stage("gen0.train", {"epochs": 3}, [action.path], action,
+                                                          cleanup=[tmp_path / "gen0"])
+    assert action.runs == 2 and action.path.read_text() == "run 2" and not stale.exists()
+    [moved] = list((tmp_path / "superseded").glob("*/gen0"))
+    assert (moved / "last.pt").read_text() == "old state" and (moved / "model.pt").read_text() == "run 1"
+    assert any("epochs 2 -> 3" in m for m in messages)
+
+
+def test_a_damaged_output_is_moved_aside_and_its_stage_resumed(tmp_path):
+    messages: list[str] = []
+    action = Recorder(tmp_path / "cache" / "gen0.h5")
+    make_chain(tmp_path, messages).stage("gen0.dump", {"v": 1}, [action.path], action, cleanup=[action.path])
+    action.path.write_text("run X")  # truncated or replaced, same size
+    make_chain(tmp_path, messages).stage("gen0.dump", {"v": 1}, [action.path], action, cleanup=[action.path])
+    assert action.runs == 2 and "resuming" in messages[-1]
+    assert [p.read_text() for p in (tmp_path / "superseded").glob("*/cache/gen0.h5")] == ["run X"]
 
 
 def test_interrupted_stage_is_resumed_not_cleaned(tmp_path):
@@ -107,6 +136,7 @@ def test_downstream_signature_follows_upstream_digest(tmp_path):
     chain = make_chain(tmp_path, messages)
     teacher = Recorder(tmp_path / "gen0" / "model.pt")
     dump = Recorder(tmp_path / "cache" / "gen0.h5")
+    chain.supersede = True
     for epochs in (2, 2, 3):
         chain.stage("gen0.train", {"epochs": epochs}, [teacher.path], teacher, cleanup=[tmp_path / "gen0"])
         sig = {"teacher": chain.manifest.digest("gen0.train", teacher.path)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,8 +13,9 @@ from click.testing import CliRunner
 import bandistill.train as train_module
 from bandistill.checkpoint import load_checkpoint
 from bandistill.cli.main import cli
-from bandistill.pipeline import BanOptions, run_ban
+from bandistill.pipeline import BanOptions, ban_options, run_ban
 from bandistill.report import generation_metrics
+from conftest import assert_one_line_error, run_cli
 
 FAST = dict(model="resnet-20", dataset="digits", views=2, epochs=2, batch_size=256, device="cpu")
 
@@ -60,15 +62,116 @@ def test_ban_runs_skips_and_regenerates_its_report(tmp_path):
     assert json.loads((out / "report.json").read_text())["rows"] == json.loads(json.dumps(first["rows"]))
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished two-generation digits run (copy it with :func:`copy_run` before changing it)."""
+    out = tmp_path_factory.mktemp("finished") / "exp"
+    result = run_ban(BanOptions(generations=2, **FAST), out, progress=False)
+    return out, result
+
+
+def copy_run(finished_run, tmp_path):
+    out = tmp_path / "exp"
+    shutil.copytree(finished_run[0], out)
+    return out
+
+
+def snapshot(out):
+    """Every file under ``out`` (but the lock) with its bytes."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()
+            and p.name != ".bandistill.lock"}
+
+
+STUDENTS = ("gen1/model.pt", "gen2/model.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lost", ["cache/gen0.h5", "gen0/model.pt"])
+def test_a_rebuilt_input_with_the_same_content_retrains_nothing(finished_run, tmp_path, lost):
+    """Identity by content: a cache dumped again, or model.pt rewritten from last.pt, is the same input."""
+    out = copy_run(finished_run, tmp_path)
+    before = snapshot(out)
+    (out / lost).unlink()
+    again = run_ban(BanOptions(generations=2, **FAST), out, progress=False)
+    assert again["stages_run"] == ["gen0.dump" if "cache" in lost else "gen0.train"]
+    after = snapshot(out)
+    for name in STUDENTS + ("cache/gen1.h5", "onnx/gen1.onnx", "bane.onnx"):
+        assert after[name] == before[name], name  # not retrained, not rewritten
+
+
+@pytest.mark.slow
+def test_a_rerun_takes_the_options_it_is_not_given_from_ban_json(finished_run, tmp_path):
+    out = copy_run(finished_run, tmp_path)
+    before = snapshot(out)
+    result = run_cli("ban", "--out", out, "--json")  # used to fall back to --views 4, --epochs 200 ... and redo all
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stages_run"] == []
+    after = snapshot(out)
+    assert {k: v for k, v in after.items() if not k.startswith("report")} == \
+        {k: v for k, v in before.items() if not k.startswith("report")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [
+    [],
+    # refused before anything moves: these used to be found only after gen0/ had been deleted
+    pytest.param(["--device", "cuda"], marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU")),
+    ["--student-model", "densenet-bc-10-4", "--transfer-ends"],
+])
+def test_an_option_that_would_redo_finished_stages_is_refused_and_nothing_changes(finished_run, tmp_path, extra):
+    out = copy_run(finished_run, tmp_path)
+    before = snapshot(out)
+    result = run_cli("ban", "--out", out, "--epochs", "1", *extra)
+    if extra:
+        assert_one_line_error(result, *(["GPU"] if "cuda" in extra else ["shapes differ"]))
+    else:
+        assert_one_line_error(result, "would redo finished stages", "epochs 2 -> 1", "gen0.train", "gen2.train",
+                              "--supersede")
+    assert snapshot(out) == before  # nothing deleted, moved or rewritten (ban.json included)
+
+
+@pytest.mark.slow
+def test_supersede_moves_the_old_outputs_aside_and_reruns(finished_run, tmp_path):
+    out = copy_run(finished_run, tmp_path)
+    before = snapshot(out)
+    messages: list[str] = []
+    result = run_ban(ban_options(out, {"loss": "ban"}), out, supersede=True, progress=False, log=messages.append)
+    assert result["stages_run"] == ["gen1.train", "gen1.export", "gen1.dump", "gen2.train", "gen2.export", "ensemble"]
+    assert load_checkpoint(out / "gen1" / "model.pt")["config"]["loss"] == "ban"
+    assert json.loads((out / "ban.json").read_text())["loss"] == "ban"
+    [aside] = list((out / "superseded").iterdir())
+    for name in ("gen1/model.pt", "gen1/last.pt", "gen2/model.pt", "cache/gen1.h5", "onnx/gen1.onnx", "bane.onnx",
+                 "evaluation.json", "ban.json", "manifest.json"):
+        assert (aside / name).read_bytes() == before[name], name  # moved (or, for the records, copied) intact
+    assert (out / "gen0" / "model.pt").read_bytes() == before["gen0/model.pt"]  # not superseded, not touched
+    assert any("superseded" in m and "gen1" in m for m in messages), messages
+    # the new run is itself finished: the same options again do nothing
+    assert run_ban(ban_options(out, {}), out, progress=False)["stages_run"] == []
+
+
+@pytest.mark.slow
+def test_repeats_on_a_finished_single_seed_run_reuse_its_chain(finished_run, tmp_path):
+    """--repeats 2 used to train seed-0/ (a copy of the root chain) and seed-1000/, and report neither."""
+    out = copy_run(finished_run, tmp_path)
+    before = snapshot(out)
+    result = run_ban(ban_options(out, {"repeats": 2, "generations": 1}), out, supersede=True, progress=False)
+    assert (out / "seed-0" / "gen1" / "model.pt").read_bytes() == before["gen1/model.pt"]  # moved, not retrained
+    assert (out / "seed-1000" / "gen1" / "model.pt").is_file()
+    cell = result["rows"][0]["cells"]["baseline"]["error"]
+    assert len(cell["values"]) == 2  # both seeds are reported, not "single seed"
+    assert result["stages_run"].count("gen0.train") == 1  # seed 1000's only
+
+
 @pytest.mark.slow
 def test_changed_option_reruns_from_the_stage_it_affects(tmp_path):
     out, messages = tmp_path / "exp", []
     run_ban(BanOptions(generations=1, **FAST), out, progress=False)
     gen0 = (out / "gen0" / "model.pt").stat().st_mtime_ns
-    again = run_ban(BanOptions(generations=1, loss="ban", **FAST), out, progress=False, log=messages.append)
+    again = run_ban(BanOptions(generations=1, loss="ban", **FAST), out, supersede=True, progress=False,
+                    log=messages.append)
     assert again["stages_run"] == ["gen1.train", "gen1.export", "ensemble"]
     assert (out / "gen0" / "model.pt").stat().st_mtime_ns == gen0
-    assert any("gen1.train" in m and "'ban+l' -> 'ban'" in m for m in messages), messages
+    assert any("gen1.train" in m and "superseded" in m for m in messages), messages
     assert load_checkpoint(out / "gen1" / "model.pt")["config"]["loss"] == "ban"
 
 

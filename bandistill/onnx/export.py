@@ -29,9 +29,10 @@ from torch import nn
 
 from bandistill import __version__
 from bandistill.checkpoint import (
-    atomic_write, checkpoint_dataset, file_digest, load_checkpoint, model_from_checkpoint, normalization,
+    atomic_write, checkpoint_dataset, load_checkpoint, model_from_checkpoint, normalization,
 )
 from bandistill.errors import UserError, VerificationError
+from bandistill.identity import checkpoint_identity
 from bandistill.onnx.meta import (
     BATCH_DIM, DEFAULT_OPSET, FORMAT, FORMAT_VERSION, INPUT_NAME, MAX_PROTO_BYTES, OUTPUT_NAME, check_opset,
     check_replaceable, input_description, model_opset, set_metadata,
@@ -169,7 +170,7 @@ def _metadata(ckpt: dict[str, Any], ckpt_path: Path, mean, std, shape: list[int]
         "val_split": float(config.get("val_split") or 0.0),
         "view_policy": info.get("view_policy", ""),
         "checkpoint": str(ckpt_path.resolve()),
-        "checkpoint_digest": file_digest(ckpt_path),
+        "checkpoint_digest": checkpoint_identity(ckpt),
         "test_accuracy": (ckpt.get("metrics") or {}).get("test_accuracy"),
         "teacher": ckpt.get("teacher"),
         "exporter": exporter,
