@@ -154,3 +154,47 @@ def error_line(exc: UserError) -> str | None:
         with contextlib.suppress(OSError), open(path, "a") as f:
             f.write(line.replace("\n", " ") + "\n")
     return line
+
+
+# -- data-parallel training ---------------------------------------------------------------
+def wrap_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` inside DistributedDataParallel when several ranks train it, else ``model`` itself.
+
+    DDP averages gradients across ranks and, before every forward, copies rank 0's buffers
+    (BatchNorm running statistics) to the others, so every rank holds rank 0's model.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def local_batch(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """This rank's slice of a global batch, and the factor for its mean loss.
+
+    DDP averages the ranks' gradients; scaling rank r's mean loss by ``b_r * W / B`` makes
+    that average the gradient of the mean over the whole global batch of ``B`` samples,
+    also when the slices are uneven (the last batch, or ``B`` not divisible by ``W``).
+    """
+    w = world()
+    if w.size == 1 or not dist.is_initialized():
+        return idx, 1.0
+    part = idx.tensor_split(w.size)[w.rank]
+    return part, part.numel() * w.size / max(idx.numel(), 1)
+
+
+def all_sum(*tensors: torch.Tensor) -> None:
+    """Sum each tensor over the ranks, in place (epoch totals: loss, correct, seen)."""
+    if dist.is_initialized():
+        for t in tensors:
+            dist.all_reduce(t)
+
+
+def from_rank0(obj):
+    """Rank 0's ``obj`` on every rank (the epoch's record, after rank 0 evaluated and wrote)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_control_group)
+    return box[0]

@@ -28,10 +28,12 @@ from bandistill.cache.schema import partial_path
 from bandistill.checkpoint import atomic_write, load_checkpoint
 from bandistill.data import ImageDataset, load_dataset
 from bandistill.errors import UserError
+from bandistill.launch import run_stage
 from bandistill.lock import folder_lock
 from bandistill.manifest import CHANGED, DONE, MANIFEST_FILE, NEW, RESUME, Manifest
 from bandistill.models import build_model, count_parameters, validate_model_name
-from bandistill.train import MODEL_FILE, TrainConfig, train
+from bandistill.sharded_dump import all_shard_files
+from bandistill.train import MODEL_FILE, TrainConfig
 
 EVALUATION_FILE = "evaluation.json"
 OPTIONS_FILE = "ban.json"
@@ -65,6 +67,7 @@ class BanOptions:
     dtype: str = "float16"
     device: str = "auto"
     opset: int | None = None
+    nproc_per_node: int = 1  # >1: train and dump stages run under torchrun (bandistill.launch)
 
     def validate(self) -> "BanOptions":
         from bandistill.device import resolve_device
@@ -79,6 +82,8 @@ class BanOptions:
             raise UserError(f"--repeats must be at least 1, got {self.repeats}")
         if self.epochs < 1:
             raise UserError(f"--epochs must be a positive integer, got {self.epochs}")
+        if self.nproc_per_node < 1:
+            raise UserError(f"--nproc-per-node must be at least 1, got {self.nproc_per_node}")
         if self.transfer_ends and not self.student_model:
             raise UserError("--transfer-ends needs --student-model (it copies the teacher's ends into another architecture)")
         # Every option a later stage checks is checked here, before any stage runs: a re-run with a
@@ -251,7 +256,6 @@ class Chain:
 
     # -- the stages ------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from bandistill.dump import dump_logits
         from bandistill.onnx.export import export_checkpoint
 
         o = self.opts
@@ -273,12 +277,14 @@ class Chain:
                 teacher_ckpt = checkpoints[-1]
                 dump_sig = {"teacher": self.digest(f"gen{k - 1}.train", teacher_ckpt), "views": o.views,
                             "dtype": o.dtype, "seed": self.seed + k - 1, "dataset_fingerprint": fingerprint}
+                dump_args = dict(checkpoint=str(teacher_ckpt), dataset=o.dataset, out=str(cache), views=o.views,
+                                 data_dir=o.data_dir, seed=self.seed + k - 1, dtype=o.dtype, device=o.device,
+                                 overwrite=False)
                 self.stage(
                     f"gen{k - 1}.dump", dump_sig, [cache],
-                    lambda: _summary(dump_logits(teacher_ckpt, o.dataset, cache, views=o.views, data_dir=o.data_dir,
-                                                 seed=self.seed + k - 1, dtype=o.dtype, device=o.device,
-                                                 overwrite=False, progress=self.progress, log=self.log)),
-                    cleanup=[cache, Path(partial_path(cache))],
+                    lambda: _summary(run_stage("dump", dump_args, o.nproc_per_node, progress=self.progress,
+                                               log=self.log)),
+                    cleanup=[cache, Path(partial_path(cache)), *all_shard_files(cache)],
                 )
                 config.teacher_logits = str(cache)
                 config.loss, config.temperature, config.alpha = o.loss, o.temperature, o.alpha
@@ -289,7 +295,8 @@ class Chain:
             config.validate()
             train_sig = {**{k2: v for k2, v in config.to_dict().items() if k2 not in NON_RESULT_KEYS}, **inputs}
             self.stage(f"gen{k}.train", train_sig, [ckpt],
-                       lambda: train(config, gen_dir, resume=True, progress=self.progress), cleanup=[gen_dir])
+                       lambda: run_stage("train", {"config": config.to_dict(), "out": str(gen_dir), "resume": True},
+                                         o.nproc_per_node, progress=self.progress), cleanup=[gen_dir])
             checkpoints.append(ckpt)
 
             onnx_path = self.root / "onnx" / f"gen{k}.onnx"

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from bandistill.device import autocast
+from bandistill.distributed import all_sum
 from bandistill.views import ViewPolicy, normalize
 
 #: ``loss_fn(student_logits, labels, teacher_logits_or_None) -> scalar``
@@ -50,11 +51,14 @@ def train_step(
     teacher: torch.Tensor | None,
     loss_sum: torch.Tensor,
     correct: torch.Tensor,
+    loss_scale: float = 1.0,
 ) -> None:
     """One optimizer step on samples ``idx``; adds the batch's loss sum and hits to the totals.
 
     ``teacher``: the teacher's float32 logits ``(B, C)`` for exactly the views made here, or
     None for a label-only run. The lr is whatever the optimizer's param groups hold.
+    ``loss_scale``: under torchrun, what makes DDP's average of the ranks' gradients the
+    gradient of the whole global batch's mean loss (see :func:`bandistill.distributed.local_batch`).
     """
     x = normalize(data.policy.apply(data.images[idx], data.params[idx]), data.mean, data.std)
     y = data.labels[idx]
@@ -62,7 +66,7 @@ def train_step(
         logits = model(x)
     loss = loss_fn(logits.float(), y, teacher)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
     optimizer.step()
     loss_sum += loss.detach() * idx.numel()
     correct += (logits.detach().argmax(1) == y).sum()
@@ -100,11 +104,14 @@ class TrainStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def step(self, idx: torch.Tensor, teacher: torch.Tensor | None = None) -> None:
-        train_step(self.model, self.optimizer, self.loss_fn, self.data, idx, teacher, self.loss_sum, self.correct)
+    def step(self, idx: torch.Tensor, teacher: torch.Tensor | None = None, loss_scale: float = 1.0) -> None:
+        train_step(self.model, self.optimizer, self.loss_fn, self.data, idx, teacher, self.loss_sum, self.correct,
+                   loss_scale)
         self.seen += idx.numel()
 
     def end_epoch(self) -> tuple[float, float, int]:
         """``(mean loss, train accuracy, samples seen)`` of the epoch (reads the device once)."""
-        seen = max(self.seen, 1)
-        return self.loss_sum.item() / seen, self.correct.item() / seen, self.seen
+        seen = torch.tensor(self.seen, device=self.loss_sum.device)
+        all_sum(self.loss_sum, self.correct, seen)  # under torchrun: totals over every rank's slices
+        total = int(seen.item())
+        return self.loss_sum.item() / max(total, 1), self.correct.item() / max(total, 1), total

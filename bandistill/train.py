@@ -11,6 +11,7 @@ loader workers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bandistill import distributed
 from bandistill.checkpoint import load_checkpoint, save_checkpoint
 from bandistill.data import ImageDataset, load_dataset
 from bandistill.device import resolve_device
@@ -44,6 +46,9 @@ STEP_GAMMA = 0.2
 #: Config keys that may change on --resume without invalidating the run (the result does not depend
 #: on the cache memory budget; see bandistill.distill).
 RESUME_FREE_KEYS = ("device", "data_dir", "download", "cache_memory_budget_gb")
+
+#: TrainConfig fields newer than the first recorded runs, with the default they are left out at.
+ADDED_LATER = {"sync_bn": False}
 
 
 @dataclass
@@ -73,6 +78,8 @@ class TrainConfig:
     cache_memory_budget_gb: float = 4.0
     # cross-architecture students: copy (and freeze) the teacher's stem and classifier from its checkpoint
     transfer_ends_from: str | None = None
+    # under torchrun: BatchNorm statistics over the whole global batch instead of each rank's slice
+    sync_bn: bool = False
 
     def validate(self) -> "TrainConfig":
         """Normalise and check the values; raise :class:`UserError` on bad ones."""
@@ -93,10 +100,15 @@ class TrainConfig:
             raise UserError(f"--cache-memory-gb must be >= 0 (0 streams the cache), got {self.cache_memory_budget_gb}")
         if self.teacher_logits is None:
             self.loss = "ce"
+        if self.loss == "cwtm" and distributed.is_distributed():
+            raise UserError("--loss cwtm normalises its weights over the whole batch, which a rank under torchrun "
+                            "does not see; train cwtm students in one process")
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Fields added after runs were recorded are left out at their default, so a checkpoint's or a
+        # manifest's config from before still compares equal (resume, ban's re-run rules).
+        return {k: v for k, v in asdict(self).items() if not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -187,6 +199,10 @@ class TrainRun:
 
             self.transferred = transfer_ends(self.model, c.transfer_ends_from)
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
+        if c.sync_bn:
+            from bandistill.sync_batchnorm import convert_sync_batchnorm
+
+            self.model = convert_sync_batchnorm(self.model, self.device)
         decay, no_decay = [], []
         for p in (p for p in self.model.parameters() if p.requires_grad):
             (no_decay if p.ndim <= 1 else decay).append(p)
@@ -267,22 +283,27 @@ class TrainRun:
         """
         self._build()
         self._restore()
-        self.out.mkdir(parents=True, exist_ok=True)
+        main = distributed.is_main()  # under torchrun, rank 0 alone writes
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
         trained = self.start_epoch < self.config.epochs
         if trained:
             self._train_epochs()
-        if trained or not _readable(self.out / MODEL_FILE):
+        if main and (trained or not _readable(self.out / MODEL_FILE)):
             save_checkpoint(self._checkpoint(self.config.epochs, final=True), self.out / MODEL_FILE)
         return self.result()
 
     def _train_epochs(self) -> None:
         c, dev = self.config, self.device
-        self._rewrite_metrics()
+        main, ranks = distributed.is_main(), distributed.world().size
+        if main:
+            self._rewrite_metrics()
         mean = torch.tensor(self.mean_list, device=dev)
         std = torch.tensor(self.std_list, device=dev)
         data = StepData(images=self.dataset.train_images.to(dev), labels=self.dataset.train_labels.to(dev),
                         params=torch.empty(0), mean=mean, std=std, policy=self.policy)
-        step = TrainStep(self.model, self.optimizer, self.loss_fn, data)
+        net = distributed.wrap_for_training(self.model, dev)  # DDP under torchrun: gradients averaged over ranks
+        step = TrainStep(net, self.optimizer, self.loss_fn, data)
         n = data.images.shape[0]
         steps = max(1, math.ceil(n / c.batch_size))
         with make_progress(self.show_progress) as progress:
@@ -298,10 +319,12 @@ class TrainRun:
                     step.begin_epoch(self.policy.params(c.seed, 1_000_000 + epoch, np.arange(n)).to(dev))
                 for s in range(steps):
                     idx = perm[s * c.batch_size : (s + 1) * c.batch_size]
-                    if idx.numel() < 2 and s > 0:  # BatchNorm cannot train on one sample
+                    if idx.numel() < 2 * ranks and s > 0:  # BatchNorm cannot train on one sample (per rank)
                         continue
+                    idx, loss_scale = distributed.local_batch(idx)  # this rank's slice of the global batch
                     step.set_lr(learning_rate(c, epoch, s, steps))
-                    step.step(idx, self.targets.batch_logits(epoch, idx) if self.targets is not None else None)
+                    step.step(idx, self.targets.batch_logits(epoch, idx) if self.targets is not None else None,
+                              loss_scale=loss_scale)
                 loss, accuracy, seen = step.end_epoch()
                 train_seconds = time.perf_counter() - t0
                 record = {
@@ -310,13 +333,17 @@ class TrainRun:
                     "loss": loss,
                     "train_accuracy": accuracy,
                 }
-                record.update(self._evaluate(mean, std))
-                record["seconds"] = time.perf_counter() - t0
-                record["images_per_s"] = seen / train_seconds if train_seconds > 0 else 0.0
-                self.history.append(record)
-                save_checkpoint(self._checkpoint(epoch + 1, final=False), self.out / LAST_FILE)
-                with open(self.out / METRICS_FILE, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                if main:  # rank 0 evaluates and writes; the others wait for its record
+                    record.update(self._evaluate(mean, std))
+                    record["seconds"] = time.perf_counter() - t0
+                    record["images_per_s"] = seen / train_seconds if train_seconds > 0 else 0.0
+                    self.history.append(record)
+                    save_checkpoint(self._checkpoint(epoch + 1, final=False), self.out / LAST_FILE)
+                    with open(self.out / METRICS_FILE, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                else:
+                    self.history.append(record)
+                self.history[-1] = record = distributed.from_rank0(record)
                 progress.update(
                     task, advance=1, info=f"loss {record['loss']:.3f} test acc {record['test_accuracy']:.3f}"
                 )
@@ -350,6 +377,7 @@ class TrainRun:
             "parameters": count_parameters(self.model),
             "generation": self.targets.generation + 1 if self.targets else 0,
             "device": str(self.device),
+            "processes": distributed.world().size,
             "seconds": sum(h["seconds"] for h in self.history),
         }
         if "val_accuracy" in last:
@@ -365,13 +393,19 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
     """Train one generation into ``out`` and return its summary (see README for the files).
 
     With ``resume``, an interrupted run continues from ``last.pt`` and a finished one is
-    reported without retraining.
+    reported without retraining. Under torchrun every rank trains its slice of each global
+    batch with DDP and rank 0 writes (see :mod:`bandistill.distributed`); the global batch,
+    the views and their order are those of a single-process run, at any world size.
     """
-    run = TrainRun(config, out, resume=resume, progress=progress)
-    with folder_lock(run.out):  # one process per run folder (a second one is refused, naming the first)
-        run._check_out_dir()  # again, under the lock: another process may have finished a run here meanwhile
-        if resume and (run.out / MODEL_FILE).exists() and not (run.out / LAST_FILE).exists():
-            raise UserError(f"{run.out} holds a finished run without resume state; choose another --out")
+    w = distributed.start(config.device)
+    with contextlib.ExitStack() as held:
+        with distributed.agreement():  # under torchrun: a user error on any rank stops every rank
+            run = TrainRun(config, out, resume=resume, progress=progress and w.is_main)
+            if w.is_main:  # one process per run folder (a second one is refused, naming the first)
+                held.enter_context(folder_lock(run.out))
+            run._check_out_dir()  # again, under the lock: another process may have finished a run here meanwhile
+            if resume and (run.out / MODEL_FILE).exists() and not (run.out / LAST_FILE).exists():
+                raise UserError(f"{run.out} holds a finished run without resume state; choose another --out")
         return run.run()
 
 

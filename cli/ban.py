@@ -33,6 +33,8 @@ from bandistill.progress import stderr_console
 @click.option("--repeats", type=int, default=1, show_default=True, help="Independent seeds of the whole chain.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--opset", type=int, default=None, help="ONNX opset of the exported generations.")
+@click.option("--nproc-per-node", type=int, default=1, show_default=True,
+              help="Run the train and dump stages under torchrun on this many processes (one per GPU).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Experiment folder.")
 @click.option("--supersede", is_flag=True,
               help="Let changed options redo finished stages; their outputs are moved to OUT/superseded/.")

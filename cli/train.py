@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bandistill.cli.output import print_json, print_mapping
+from bandistill.distributed import is_main
 from bandistill.train import TrainConfig, train
 
 LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
@@ -32,6 +33,8 @@ LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the soft term (kd).")
 @click.option("--cache-memory-gb", type=float, default=4.0, show_default=True,
               help="Read the cache into memory when it fits this budget, else stream one view at a time.")
+@click.option("--sync-bn", is_flag=True,
+              help="Under torchrun: BatchNorm statistics over the whole global batch (default: each rank's slice).")
 @click.option("--out", required=True, type=click.Path(), help="Run folder to write.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -42,6 +45,8 @@ def command(**opts) -> None:
     if not opts["teacher_logits"]:
         opts["loss"] = "ce"
     result = train(TrainConfig(**opts), out, resume=resume)
+    if not is_main():  # under torchrun, rank 0 reports
+        return
     if as_json:
         print_json(result)
     else:

@@ -111,3 +111,99 @@ def test_torchrun_user_error_is_one_line_from_rank_0(tmp_path):
     assert result.returncode != 0
     ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(ours) == 1 and "missing.pt does not exist" in ours[0], result.stderr
+
+
+# -- DDP training ---------------------------------------------------------------------------
+#: A well-conditioned tiny run: random 32x32 images, a global batch of 35 (uneven slices of 18
+#: and 17, then 15 and 15), a small lr so float rounding is not amplified from step to step.
+DDP_ARGS = dict(model="resnet-20", dataset="cifar10", epochs=2, batch_size=35, lr=0.001, seed=0, device="cpu")
+
+
+def _cli_args(data_dir: Path, **extra) -> list:
+    opts = {**DDP_ARGS, "data_dir": data_dir, **extra}
+    args = ["train"]
+    for key, value in opts.items():
+        if value is True:
+            args.append(f"--{key.replace('_', '-')}")
+        elif value is not False:
+            args += [f"--{key.replace('_', '-')}", value]
+    return args
+
+
+def _weights(run: Path) -> dict:
+    from bandistill.checkpoint import load_checkpoint
+
+    return load_checkpoint(run / "model.pt")["state_dict"]
+
+
+def _losses(run: Path) -> list[float]:
+    import json
+
+    return [json.loads(line)["loss"] for line in open(run / "metrics.jsonl")]
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+@pytest.mark.slow
+def test_ddp_train_on_two_processes_equals_one_process_and_resumes_at_another_world_size(tmp_path, monkeypatch,
+                                                                                        one_thread):
+    import bandistill.train as train_module
+    from bandistill.train import TrainConfig, train
+
+    from conftest import write_cifar
+
+    data = write_cifar(tmp_path / "data", "cifar10", n_train=100, n_test=20)
+    single = train(TrainConfig(**DDP_ARGS, data_dir=str(data), sync_bn=True), tmp_path / "single", progress=False)
+    assert single["processes"] == 1
+
+    ddp = torchrun(*_cli_args(data, sync_bn=True, out=tmp_path / "ddp", json=True))
+    assert ddp.returncode == 0, ddp.stderr
+    assert ddp.stdout.count('"processes": 2') == 1  # one summary, from rank 0
+    assert _losses(tmp_path / "ddp") == pytest.approx(_losses(tmp_path / "single"), rel=1e-5)
+    assert _max_diff(_weights(tmp_path / "ddp"), _weights(tmp_path / "single")) < 1e-4
+    assert not list((tmp_path / "ddp").glob(".*.tmp"))  # rank 0 wrote atomically, nobody else wrote
+
+    # killed after its first epoch in one process, resumed on two: the same run
+    real_save = train_module.save_checkpoint
+
+    def crash_after_first_epoch(obj, path):
+        real_save(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**DDP_ARGS, data_dir=str(data), sync_bn=True), tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    resumed = torchrun(*_cli_args(data, sync_bn=True, out=tmp_path / "resumed", resume=True))
+    assert resumed.returncode == 0, resumed.stderr
+    assert _losses(tmp_path / "resumed") == pytest.approx(_losses(tmp_path / "single"), rel=1e-5)
+    assert _max_diff(_weights(tmp_path / "resumed"), _weights(tmp_path / "single")) < 1e-4
+
+    # per-rank BatchNorm (the default) normalises each slice by its own statistics: another result
+    per_rank = torchrun(*_cli_args(data, out=tmp_path / "per-rank"))
+    assert per_rank.returncode == 0, per_rank.stderr
+    plain = train(TrainConfig(**DDP_ARGS, data_dir=str(data)), tmp_path / "plain", progress=False)
+    assert plain["test_loss"] > 0
+    assert _max_diff(_weights(tmp_path / "per-rank"), _weights(tmp_path / "plain")) > 1e-3
+
+
+# -- ban's stages under torchrun --------------------------------------------------------------
+@pytest.mark.slow
+def test_a_ban_stage_under_torchrun_returns_rank0_result_and_a_user_error_as_its_line(digits_teacher, digits_cache,
+                                                                                     tmp_path, monkeypatch):
+    from bandistill.errors import UserError
+    from bandistill.launch import run_stage
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "c.h5"
+    result = run_stage("dump", dict(checkpoint=str(digits_teacher), dataset="digits", out=str(out), views=4,
+                                    device="cpu"), 2, progress=False)
+    assert result["cache"] == str(out) and result["views_written"] == 4
+    assert_same_cache(out, digits_cache)
+
+    config = dict(model="resnet-20", dataset="digits", epochs=1, device="cpu", teacher_logits=str(tmp_path / "no.h5"))
+    with pytest.raises(UserError, match="no.h5") as err:
+        run_stage("train", {"config": config, "out": str(tmp_path / "gen1")}, 2, progress=False)
+    assert "\n" not in str(err.value)
