@@ -1,7 +1,8 @@
-"""Packaging: one import package, cli/ and cache/ installed under it, a lint-clean Dockerfile."""
+"""Packaging: one import package, cli/ and cache/ installed under it, a lint-clean Dockerfile, its smoke script."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,18 @@ def test_every_package_is_listed_and_stubbed_in_the_dockerfile():
 def test_dockerfile_passes_hadolint():
     result = subprocess.run(["hadolint", str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_docker_smoke_script_runs_the_readme_demo():
+    """scripts/docker_smoke.sh (opt-in, it builds the image) runs the README's demo command in a container."""
+    script = ROOT / "scripts" / "docker_smoke.sh"
+    syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+    demo = re.search(r'^DEMO="(ban [^"]+)"$', script.read_text(), re.M)
+    assert demo, "scripts/docker_smoke.sh sets no DEMO=\"ban ...\""
+    quick_start = re.search(r"&& bandistill (ban .+)$", (ROOT / "README.md").read_text(), re.M)
+    assert quick_start, "README.md's quick start has no '... && bandistill ban ...' demo command"
+    assert demo.group(1) == quick_start.group(1).strip(), "change the demo in README.md and docker_smoke.sh together"
 
 
 def test_the_onnx_subpackage_does_not_shadow_the_onnx_library():
