@@ -60,6 +60,7 @@ if [ -z "${BASE_IMAGE:-}" ]; then
             if [ "$(id -u)" != 0 ] || ! command -v debootstrap >/dev/null; then
                 fail "$LOCAL_BASE does not exist and making it needs root and debootstrap (apt-get install debootstrap)"
             fi
+            start=$SECONDS
             rootfs=$(mktemp -d /tmp/bandistill-rootfs.XXXXXX)
             debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
                 bookworm "$rootfs" >"$rootfs.log" 2>&1 || fail "debootstrap failed, see $rootfs.log"
@@ -68,6 +69,7 @@ if [ -z "${BASE_IMAGE:-}" ]; then
                 --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
                 --change 'ENV LANG=C.UTF-8' - "$LOCAL_BASE" >/dev/null
             rm -rf "$rootfs" "$rootfs.log"
+            echo "made $LOCAL_BASE in $((SECONDS - start)) s" >&2
         fi
         BASE_IMAGE=$LOCAL_BASE
     fi
@@ -85,6 +87,7 @@ start=$SECONDS
 "${build[@]}" --progress=plain --build-arg "BASE_IMAGE=$BASE_IMAGE" "${secret[@]}" -t "$IMAGE" . >&2
 build_s=$((SECONDS - start))
 size=$("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE")
+echo "built $IMAGE in $build_s s: $size bytes" >&2
 
 say "the CA bundle is in no layer"
 # a secret is mounted at /run/secrets/<id> during its RUN only; the image must hold no such file in any layer
