@@ -30,7 +30,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; nothing on CPU (where the same code runs in float32)."""
+    """bf16 autocast on CUDA; nothing on CPU (where the same code runs in float32).
+
+    The cast-weight cache is off: a captured CUDA graph (:mod:`bandistill.step`) must not
+    keep casts from its capture, and our networks use each weight once per forward anyway.
+    """
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()

@@ -5,10 +5,20 @@ device. It reads the batch's sample indices, this epoch's view parameters and (f
 student) the teacher's logits for those views, and adds the batch's summed loss and correct
 count to two device tensors. It never asks the device for a value (no ``.item()``, no
 host syncs) and, given a batch of fixed size, every shape in it is static, so the same
-function can run eagerly or be captured once and replayed.
+function runs eagerly or is captured once and replayed.
 
 :class:`TrainStep` owns the tensors the step reads and the running totals; the loop in
 :mod:`bandistill.train` (``TrainRun``) only cuts batches, sets the lr and keeps the books.
+
+Capture (``compile="graph"``, the default on CUDA): after a few eager warm-up steps the
+whole step -- view gathers, forward, backward, fused optimizer step, totals -- is recorded
+once as a CUDA graph (``torch.cuda.graph``) and every later full batch is one
+``graph.replay()``: a handful of host calls instead of hundreds to thousands of kernel
+launches. Everything the graph reads lives at a fixed address (the batch indices, the
+teacher logits and the epoch's view parameters are copied into static buffers; the lr is a
+device tensor the fused SGD reads). The last, partial batch of an epoch (``N mod B``
+samples) runs the same function eagerly, so every sample is seen every epoch, exactly as
+without capture; the shapes of the captured graph never change.
 """
 
 from __future__ import annotations
@@ -20,10 +30,29 @@ import torch
 
 from bandistill.device import autocast
 from bandistill.distributed import all_sum
+from bandistill.errors import UserError
 from bandistill.views import ViewPolicy, normalize
 
 #: ``loss_fn(student_logits, labels, teacher_logits_or_None) -> scalar``
 LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+#: ``--compile`` choices: ``auto`` is ``graph`` on CUDA and ``none`` elsewhere.
+COMPILE_MODES = ("auto", "graph", "none")
+
+#: Eager full-batch steps before capture (cuDNN autotuning, the optimizer's momentum buffers).
+WARMUP_STEPS = 3
+
+
+def resolve_compile(mode: str, device: torch.device) -> str:
+    """``graph`` or ``none`` for ``--compile mode`` on ``device``; :class:`UserError` on a bad choice."""
+    key = (mode or "auto").lower()
+    if key not in COMPILE_MODES:
+        raise UserError(f"unknown --compile '{mode}': choose one of {', '.join(COMPILE_MODES)}")
+    if key == "auto":
+        return "graph" if device.type == "cuda" else "none"
+    if key == "graph" and device.type != "cuda":
+        raise UserError("--compile graph captures CUDA graphs and needs a GPU; use --compile none (or auto) here")
+    return key
 
 
 @dataclass
@@ -77,6 +106,7 @@ class TrainStep:
 
     Use: ``begin_epoch(params)``, then ``set_lr(lr)`` and ``step(idx, teacher)`` per batch,
     then ``end_epoch()`` for ``(mean loss, accuracy, samples)`` -- the one host sync of an epoch.
+    With ``capture``, full batches of ``batch_size`` replay one CUDA graph (module docstring).
     """
 
     def __init__(
@@ -85,29 +115,76 @@ class TrainStep:
         optimizer: torch.optim.Optimizer,
         loss_fn: LossFn,
         data: StepData,
+        *,
+        capture: bool = False,
+        batch_size: int = 0,
+        teacher_classes: int | None = None,
     ):
         self.model, self.optimizer, self.loss_fn, self.data = model, optimizer, loss_fn, data
         dev = data.images.device
         self.loss_sum = torch.zeros((), device=dev)
         self.correct = torch.zeros((), device=dev, dtype=torch.long)
         self.seen = 0
+        self.lr = 0.0  # the lr of the last set_lr, as a Python float (for checkpoints)
+        self.capture = capture
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._warm = 0
+        self._scale = 1.0  # the loss scale baked into the graph (1 outside torchrun)
+        if capture:
+            n, p = data.images.shape[0], data.policy.num_params
+            self.batch_size = batch_size
+            self.data.params = torch.zeros((n, p), dtype=torch.int16, device=dev)
+            self._idx = torch.zeros(batch_size, dtype=torch.long, device=dev)
+            self._teacher = None if teacher_classes is None else torch.zeros((batch_size, teacher_classes),
+                                                                              device=dev)
 
     def begin_epoch(self, params: torch.Tensor) -> None:
         """Reset the totals; ``params`` (N, P) are this epoch's view parameters."""
-        self.data.params = params
+        if self.capture:
+            self.data.params.copy_(params)  # in place: the graph reads this address
+        else:
+            self.data.params = params
         self.loss_sum.zero_()
         self.correct.zero_()
         self.seen = 0
         self.model.train()
 
     def set_lr(self, lr: float) -> None:
+        """The lr of the coming steps: written into a device tensor in place when the groups hold one."""
+        self.lr = lr
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
 
     def step(self, idx: torch.Tensor, teacher: torch.Tensor | None = None, loss_scale: float = 1.0) -> None:
+        """One step on samples ``idx`` (with the teacher's logits for their views, for a student)."""
+        self.seen += idx.numel()
+        if not self.capture or idx.numel() != self.batch_size or loss_scale != self._scale:
+            self._eager(idx, teacher, loss_scale)  # a partial batch (or another scale): same step, uncaptured
+            return
+        self._idx.copy_(idx, non_blocking=True)
+        if teacher is not None:
+            self._teacher.copy_(teacher, non_blocking=True)
+        if self.graph is None and self._warm < WARMUP_STEPS:
+            # warm-up on a side stream, as torch.cuda.graph asks; these are real steps
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._eager(self._idx, self._teacher, loss_scale)
+            torch.cuda.current_stream().wait_stream(side)
+            self._warm += 1
+            return
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # records; runs nothing
+                self._eager(self._idx, self._teacher, loss_scale)
+        self.graph.replay()
+
+    def _eager(self, idx: torch.Tensor, teacher: torch.Tensor | None, loss_scale: float) -> None:
         train_step(self.model, self.optimizer, self.loss_fn, self.data, idx, teacher, self.loss_sum, self.correct,
                    loss_scale)
-        self.seen += idx.numel()
 
     def end_epoch(self) -> tuple[float, float, int]:
         """``(mean loss, train accuracy, samples seen)`` of the epoch (reads the device once)."""

@@ -32,7 +32,8 @@ from bandistill.inference import accuracy_and_nll, predict_logits
 from bandistill.lock import folder_lock
 from bandistill.models import build_model, count_parameters, default_weight_decay, validate_model_name
 from bandistill.progress import make_progress
-from bandistill.step import StepData, TrainStep
+from bandistill.background import BackgroundWriter
+from bandistill.step import COMPILE_MODES, StepData, TrainStep, resolve_compile
 from bandistill.views import ViewPolicy, view_hash
 
 MODEL_FILE = "model.pt"
@@ -44,11 +45,11 @@ STEP_MILESTONES = (0.3, 0.6, 0.8)
 STEP_GAMMA = 0.2
 
 #: Config keys that may change on --resume without invalidating the run (the result does not depend
-#: on the cache memory budget; see bandistill.distill).
-RESUME_FREE_KEYS = ("device", "data_dir", "download", "cache_memory_budget_gb")
+#: on the cache memory budget (see bandistill.distill), on how the step is run, or on how often it is evaluated).
+RESUME_FREE_KEYS = ("device", "data_dir", "download", "cache_memory_budget_gb", "compile", "eval_every")
 
 #: TrainConfig fields newer than the first recorded runs, with the default they are left out at.
-ADDED_LATER = {"sync_bn": False}
+ADDED_LATER = {"sync_bn": False, "compile": "auto", "eval_every": 1}
 
 
 @dataclass
@@ -70,6 +71,8 @@ class TrainConfig:
     val_split: float = 0.0
     memory_efficient: bool = False
     dropout: float = 0.0
+    compile: str = "auto"  # how the step runs: see bandistill.step (auto: a captured CUDA graph on GPU, eager on CPU)
+    eval_every: int = 1  # evaluate every N epochs; the last epoch always
     # students only
     teacher_logits: str | None = None
     loss: str = "ban+l"
@@ -96,6 +99,10 @@ class TrainConfig:
             self.weight_decay = default_weight_decay(self.model)
         if self.weight_decay < 0:
             raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.eval_every <= 0:
+            raise UserError(f"--eval-every must be a positive integer, got {self.eval_every}")
+        if self.compile not in COMPILE_MODES:
+            raise UserError(f"unknown --compile '{self.compile}': choose one of {', '.join(COMPILE_MODES)}")
         if not self.cache_memory_budget_gb >= 0:
             raise UserError(f"--cache-memory-gb must be >= 0 (0 streams the cache), got {self.cache_memory_budget_gb}")
         if self.teacher_logits is None:
@@ -156,12 +163,18 @@ class TrainRun:
         self.show_progress = progress
         self._check_out_dir()
         self.device = resolve_device(config.device)
+        self.compile = resolve_compile(config.compile, self.device)
+        if self.compile == "graph" and distributed.is_distributed():  # DDP's all-reduce is not captured (yet)
+            if config.compile != "auto":
+                raise UserError("--compile graph does not run under torchrun yet; use --compile none (or auto)")
+            self.compile = "none"
         self.dataset: ImageDataset = load_dataset(
             config.dataset, config.data_dir, download=config.download, val_split=config.val_split
         )
         self.policy: ViewPolicy = self.dataset.view_policy
         self.mean_list, self.std_list = self.dataset.normalization()
         self.targets: SoftTargets | None = None
+        self._eval_images: list[torch.Tensor | None] | None = None
         self.loss_fn: Callable[..., torch.Tensor] = lambda logits, labels, teacher: F.cross_entropy(logits, labels)
         if config.teacher_logits:
             from bandistill.distill import open_soft_targets
@@ -206,12 +219,16 @@ class TrainRun:
         decay, no_decay = [], []
         for p in (p for p in self.model.parameters() if p.requires_grad):
             (no_decay if p.ndim <= 1 else decay).append(p)
+        on_gpu = self.device.type == "cuda"
         self.optimizer = torch.optim.SGD(
             [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=c.lr,
+            lr=torch.tensor(c.lr, device=self.device) if on_gpu else c.lr,  # on a GPU the lr lives there
             momentum=c.momentum,
             nesterov=c.momentum > 0,
+            fused=True if on_gpu else None,  # one kernel for all parameters; the CPU keeps today's numerics
         )
+        if on_gpu:
+            torch.backends.cudnn.benchmark = True  # fixed shapes: autotune the convolutions once
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
 
@@ -245,7 +262,10 @@ class TrainRun:
         if state["dataset"]["fingerprint"] != self.dataset.fingerprint:
             raise UserError(f"cannot resume {self.out}: it was trained on other data (fingerprint differs)")
         self.model.load_state_dict(state["state_dict"])
+        own = [{k: g[k] for k in ("lr", "fused", "foreach")} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, settings in zip(self.optimizer.param_groups, own):
+            group.update(settings)  # this device's lr tensor and kernels, whatever device wrote the file
         self.start_epoch = int(state["epoch"])
         self.history = [dict(h) for h in state["history"]]
 
@@ -272,6 +292,8 @@ class TrainRun:
         }
         if not final:
             ckpt["optimizer"] = self.optimizer.state_dict()
+            for group in ckpt["optimizer"]["param_groups"]:
+                group["lr"] = self._lr  # a float, not this device's lr tensor (which the next step changes)
         return ckpt
 
     # -- the loop --------------------------------------------------------------------
@@ -303,58 +325,75 @@ class TrainRun:
         data = StepData(images=self.dataset.train_images.to(dev), labels=self.dataset.train_labels.to(dev),
                         params=torch.empty(0), mean=mean, std=std, policy=self.policy)
         net = distributed.wrap_for_training(self.model, dev)  # DDP under torchrun: gradients averaged over ranks
-        step = TrainStep(net, self.optimizer, self.loss_fn, data)
+        step = TrainStep(net, self.optimizer, self.loss_fn, data, capture=self.compile == "graph",
+                         batch_size=c.batch_size,
+                         teacher_classes=self.dataset.num_classes if self.targets is not None else None)
+        self._lr = c.lr
+        writer = BackgroundWriter()
         n = data.images.shape[0]
         steps = max(1, math.ceil(n / c.batch_size))
         with make_progress(self.show_progress) as progress:
             task = progress.add_task(f"train {c.model}", total=c.epochs, completed=self.start_epoch, info="")
-            for epoch in range(self.start_epoch, c.epochs):
-                t0 = time.perf_counter()
-                torch.manual_seed(_epoch_seed(c.seed, epoch, 1))  # dropout and anything else stochastic
-                gen = torch.Generator().manual_seed(_epoch_seed(c.seed, epoch, 2))
-                perm = torch.randperm(n, generator=gen).to(dev)
-                if self.targets is not None:
-                    step.begin_epoch(self.targets.epoch_params(epoch))
-                else:
-                    step.begin_epoch(self.policy.params(c.seed, 1_000_000 + epoch, np.arange(n)).to(dev))
-                for s in range(steps):
-                    idx = perm[s * c.batch_size : (s + 1) * c.batch_size]
-                    if idx.numel() < 2 * ranks and s > 0:  # BatchNorm cannot train on one sample (per rank)
-                        continue
-                    idx, loss_scale = distributed.local_batch(idx)  # this rank's slice of the global batch
-                    step.set_lr(learning_rate(c, epoch, s, steps))
-                    step.step(idx, self.targets.batch_logits(epoch, idx) if self.targets is not None else None,
-                              loss_scale=loss_scale)
-                loss, accuracy, seen = step.end_epoch()
-                train_seconds = time.perf_counter() - t0
-                record = {
-                    "epoch": epoch + 1,
-                    "lr": learning_rate(c, epoch, 0, steps),
-                    "loss": loss,
-                    "train_accuracy": accuracy,
-                }
-                if main:  # rank 0 evaluates and writes; the others wait for its record
-                    record.update(self._evaluate(mean, std))
-                    record["seconds"] = time.perf_counter() - t0
-                    record["images_per_s"] = seen / train_seconds if train_seconds > 0 else 0.0
-                    self.history.append(record)
-                    save_checkpoint(self._checkpoint(epoch + 1, final=False), self.out / LAST_FILE)
-                    with open(self.out / METRICS_FILE, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                else:
-                    self.history.append(record)
-                self.history[-1] = record = distributed.from_rank0(record)
-                progress.update(
-                    task, advance=1, info=f"loss {record['loss']:.3f} test acc {record['test_accuracy']:.3f}"
-                )
+            try:
+                for epoch in range(self.start_epoch, c.epochs):
+                    t0 = time.perf_counter()
+                    torch.manual_seed(_epoch_seed(c.seed, epoch, 1))  # dropout and anything else stochastic
+                    gen = torch.Generator().manual_seed(_epoch_seed(c.seed, epoch, 2))
+                    perm = torch.randperm(n, generator=gen).to(dev)
+                    if self.targets is not None:
+                        step.begin_epoch(self.targets.epoch_params(epoch))
+                    else:
+                        step.begin_epoch(self.policy.params(c.seed, 1_000_000 + epoch, np.arange(n)).to(dev))
+                    for s in range(steps):
+                        idx = perm[s * c.batch_size : (s + 1) * c.batch_size]
+                        if idx.numel() < 2 * ranks and s > 0:  # BatchNorm cannot train on one sample (per rank)
+                            continue
+                        idx, loss_scale = distributed.local_batch(idx)  # this rank's slice of the global batch
+                        step.set_lr(learning_rate(c, epoch, s, steps))
+                        step.step(idx, self.targets.batch_logits(epoch, idx) if self.targets is not None else None,
+                                  loss_scale=loss_scale)
+                    self._lr = step.lr
+                    loss, accuracy, seen = step.end_epoch()
+                    train_seconds = time.perf_counter() - t0
+                    record = {
+                        "epoch": epoch + 1,
+                        "lr": learning_rate(c, epoch, 0, steps),
+                        "loss": loss,
+                        "train_accuracy": accuracy,
+                    }
+                    if main:  # rank 0 evaluates and writes; the others wait for its record
+                        if (epoch + 1) % c.eval_every == 0 or epoch + 1 == c.epochs:
+                            record.update(self._evaluate(mean, std))
+                        record["seconds"] = time.perf_counter() - t0
+                        record["images_per_s"] = seen / train_seconds if train_seconds > 0 else 0.0
+                        self.history.append(record)
+                        # copied to host memory now, written to disk while the next epoch trains
+                        writer.submit(save_checkpoint, self._checkpoint(epoch + 1, final=False), self.out / LAST_FILE)
+                        with open(self.out / METRICS_FILE, "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                    else:
+                        self.history.append(record)
+                    self.history[-1] = record = distributed.from_rank0(record)
+                    info = f"loss {record['loss']:.3f}"
+                    if "test_accuracy" in record:
+                        info += f" test acc {record['test_accuracy']:.3f}"
+                    progress.update(task, advance=1, info=info)
+                writer.wait()
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    writer.wait()  # finish the last good checkpoint; the first error is the one to report
+                raise
 
     def _evaluate(self, mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
-        ds = self.dataset
-        logits = predict_logits(self.model, ds.test_images, mean, std, device=self.device, batch_size=1024)
+        ds, dev = self.dataset, self.device
+        if self._eval_images is None:  # moved to the device once per run, not once per evaluation
+            self._eval_images = [ds.test_images.to(dev), None if ds.val_images is None else ds.val_images.to(dev)]
+        test, val = self._eval_images
+        logits = predict_logits(self.model, test, mean, std, device=dev, batch_size=1024)
         acc, nll = accuracy_and_nll(logits, ds.test_labels)
         out = {"test_accuracy": acc, "test_loss": nll}
-        if ds.val_images is not None:
-            vlogits = predict_logits(self.model, ds.val_images, mean, std, device=self.device, batch_size=1024)
+        if val is not None:
+            vlogits = predict_logits(self.model, val, mean, std, device=dev, batch_size=1024)
             out["val_accuracy"], out["val_loss"] = accuracy_and_nll(vlogits, ds.val_labels)
         return out
 
@@ -378,6 +417,7 @@ class TrainRun:
             "generation": self.targets.generation + 1 if self.targets else 0,
             "device": str(self.device),
             "processes": distributed.world().size,
+            "compile": self.compile,
             "seconds": sum(h["seconds"] for h in self.history),
         }
         if "val_accuracy" in last:

@@ -6,6 +6,7 @@ import click
 
 from bandistill.cli.output import print_json, print_mapping
 from bandistill.distributed import is_main
+from bandistill.step import COMPILE_MODES
 from bandistill.train import TrainConfig, train
 
 LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
@@ -26,6 +27,11 @@ LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
 @click.option("--val-split", type=float, default=0.0, help="Fraction of train held out for validation.")
 @click.option("--memory-efficient", is_flag=True, help="DenseNet: recompute concatenations to save memory.")
 @click.option("--dropout", type=float, default=0.0, help="Wide-ResNet dropout rate.")
+@click.option("--compile", type=click.Choice(list(COMPILE_MODES)), default="auto", show_default=True,
+              help="graph: capture the whole step as one CUDA graph (needs a GPU); none: run it eagerly; "
+                   "auto: graph on a GPU, none on the CPU.")
+@click.option("--eval-every", type=int, default=1, show_default=True,
+              help="Evaluate on the test split every N epochs (the last epoch always).")
 @click.option("--teacher-logits", type=click.Path(dir_okay=False), default=None,
               help="Cache from 'bandistill dump-logits': train a student against it.")
 @click.option("--loss", type=click.Choice(LOSSES), default="ban+l", show_default=True, help="Student loss.")

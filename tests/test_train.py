@@ -149,3 +149,24 @@ def test_written_files_follow_the_umask(digits_gen0):
     mask = os.umask(0)
     os.umask(mask)
     assert mode == 0o666 & ~mask
+
+
+def test_eval_every_skips_evaluations_but_always_evaluates_the_last_epoch(tmp_path):
+    res = train(TrainConfig(model="resnet-20", dataset="digits", epochs=3, eval_every=2, batch_size=256,
+                            device="cpu"), tmp_path / "e", progress=False)
+    lines = [json.loads(x) for x in open(tmp_path / "e" / "metrics.jsonl")]
+    assert ["test_accuracy" in r for r in lines] == [False, True, True]
+    assert res["test_accuracy"] == lines[-1]["test_accuracy"]
+
+
+def test_compile_graph_needs_a_gpu_and_eval_every_must_be_positive(tmp_path):
+    with pytest.raises(UserError, match="--compile graph .* needs a GPU"):
+        train(TrainConfig(model="resnet-20", dataset="digits", epochs=1, compile="graph", device="cpu"),
+              tmp_path / "g", progress=False)
+    with pytest.raises(UserError, match="--eval-every"):
+        train(TrainConfig(model="resnet-20", dataset="digits", epochs=1, eval_every=0), tmp_path / "v",
+              progress=False)
+    with pytest.raises(UserError, match="--compile"):
+        train(TrainConfig(model="resnet-20", dataset="digits", epochs=1, compile="fast"), tmp_path / "f",
+              progress=False)
+    assert not (tmp_path / "g").exists()

@@ -54,7 +54,9 @@ class Bottleneck(nn.Module):
                 calls += 1
                 return self._bottleneck(*inputs, update_stats=calls == 1)
 
-            out = torch.utils.checkpoint.checkpoint(bottleneck, *features, use_reentrant=False)
+            # no RNG inside (BN, ReLU, conv): nothing to preserve, and a CUDA graph capture may not read it
+            out = torch.utils.checkpoint.checkpoint(bottleneck, *features, use_reentrant=False,
+                                                    preserve_rng_state=False)
         else:
             out = self._bottleneck(*features)
         return self.conv2(F.relu(self.norm2(out)))
