@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from bandistill import distributed
+from bandistill.background import BackgroundWriter
 from bandistill.cache import schema
 from bandistill.cache.reader import open_cache
 from bandistill.cache.writer import CacheWriter, read_partial_state
@@ -115,6 +116,7 @@ class LogitDump:
             raise UserError(f"the checkpoint's view policy {self.ckpt['dataset']['view_policy']} is not "
                             f"{self.dataset.name}'s {self.policy.to_json()}; retrain the teacher with this version")
         self.teacher_digest = checkpoint_identity(self.ckpt)  # the model it holds, not the file's bytes
+        self._device_images: dict[str, torch.Tensor] = {}
         self.model = load_teacher(self.ckpt, self.device)
         self.mean, self.std = normalization(self.ckpt)
         self.estimate = schema.storage_bytes(
@@ -189,6 +191,7 @@ class LogitDump:
         self.log(self.estimate_line())
         resumed = writer.views_done()
         written = 0
+        background = BackgroundWriter()
         try:
             todo = [v for v in range(self.views) if v not in resumed]
             if resumed:
@@ -204,12 +207,18 @@ class LogitDump:
                     writer.write_test(self.test_logits(0, int(ds.test_labels.shape[0]), on_batch=step))
                 for v in todo:
                     if stop_after_views is not None and written >= stop_after_views:
+                        background.wait()
                         raise DumpInterrupted(f"stopped after {written} views (test hook)")
                     progress.update(task, info=f"view {v + 1}/{self.views}")
-                    writer.write_view(v, *self.view_logits(v, 0, n, on_batch=step))
+                    logits, params = self.view_logits(v, 0, n, on_batch=step)
+                    # written on a thread while the next view is computed (one write in flight, in order)
+                    background.submit(lambda obj, view: writer.write_view(view, *obj), (logits, params), v)
                     written += 1
+                background.wait()
             path = writer.finish()
         finally:
+            with contextlib.suppress(BaseException):
+                background.wait()  # a view being written is finished before the file is closed
             writer.close()
         return self._summary(path, written=written, resumed=len(resumed), seconds=time.perf_counter() - t0)
 
@@ -220,16 +229,23 @@ class LogitDump:
         runs exactly the batches of a single-process dump, hence the same bits.
         """
         params = self.policy.params(self.seed, view, np.arange(start, stop))
-        logits = predict_logits(self.model, self.dataset.train_images[start:stop], self.mean, self.std,
+        logits = predict_logits(self.model, self._on_device("train_images")[start:stop], self.mean, self.std,
                                 policy=self.policy, params=params, device=self.device,
                                 batch_size=self.batch_size, on_batch=on_batch)
         return self._storable(logits, f"view {view}"), params.numpy()
 
     def test_logits(self, start: int, stop: int, on_batch=None) -> np.ndarray:
         """The teacher's logits (checked storable) on clean test samples ``start:stop``."""
-        logits = predict_logits(self.model, self.dataset.test_images[start:stop], self.mean, self.std,
+        logits = predict_logits(self.model, self._on_device("test_images")[start:stop], self.mean, self.std,
                                 device=self.device, batch_size=self.batch_size, on_batch=on_batch)
         return self._storable(logits, "test split")
+
+    def _on_device(self, split: str) -> torch.Tensor:
+        """``dataset.<split>`` (uint8) on the dump's device: moved there once per dump, not once per view."""
+        cached = self._device_images.get(split)
+        if cached is None:
+            cached = self._device_images[split] = getattr(self.dataset, split).to(self.device)
+        return cached
 
     def _existing_final(self) -> dict[str, Any] | None:
         """A complete file with these settings: report it. Anything else: refuse (or None to overwrite)."""
