@@ -86,6 +86,10 @@ def load_dataset(
         ds = _load_digits()
     elif key in ("cifar10", "cifar100"):
         ds = _load_cifar(key, data_dir, download)
+    elif key == "imagefolder" and data_dir is not None:  # decoded once, kept by content (decoded_cache)
+        from bandistill.decoded_cache import load_imagefolder
+
+        ds = load_imagefolder(data_dir, lambda: _load_imagefolder(data_dir), IMAGE_SUFFIXES)
     elif key == "imagefolder":
         ds = _load_imagefolder(data_dir)
     else:

@@ -139,3 +139,17 @@ def assert_one_line_error(result, *fragments: str, code: int = 2) -> str:
     for fragment in fragments:
         assert fragment in err, err
     return err
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _decoded_cache_in_a_temp_dir(tmp_path_factory):
+    """Decoded ImageFolder copies go to a temp dir, never the user's ~/.cache (see bandistill.decoded_cache)."""
+    import os
+
+    old = os.environ.get("BANDISTILL_CACHE_DIR")
+    os.environ["BANDISTILL_CACHE_DIR"] = str(tmp_path_factory.mktemp("decoded-cache"))
+    yield
+    if old is None:
+        os.environ.pop("BANDISTILL_CACHE_DIR", None)
+    else:
+        os.environ["BANDISTILL_CACHE_DIR"] = old

@@ -1,0 +1,72 @@
+"""An ImageFolder tree is decoded once per content: memory, then disk, never stale."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import bandistill.data as data_module
+from bandistill import decoded_cache
+from bandistill.data import load_dataset
+
+
+@pytest.fixture
+def decodes(monkeypatch, tmp_path):
+    """Count real decodes (the real decoder runs), with a private cache dir and an empty memory."""
+    calls = []
+    real = data_module._load_imagefolder
+
+    def counting(data_dir):
+        calls.append(data_dir)
+        return real(data_dir)
+
+    monkeypatch.setattr(data_module, "_load_imagefolder", counting)
+    monkeypatch.setenv("BANDISTILL_CACHE_DIR", str(tmp_path / "decoded"))
+    monkeypatch.setattr(decoded_cache, "_memory", decoded_cache.OrderedDict())
+    return calls
+
+
+def _same(a, b) -> bool:
+    return (a.fingerprint == b.fingerprint and a.classes == b.classes and a.view_policy == b.view_policy
+            and torch.equal(a.train_images, b.train_images) and torch.equal(a.test_labels, b.test_labels))
+
+
+def test_a_tree_is_decoded_once_then_served_from_memory_and_from_disk(imagefolder_dir, decodes, tmp_path):
+    first = load_dataset("imagefolder", imagefolder_dir)
+    assert load_dataset("imagefolder", imagefolder_dir) is first and len(decodes) == 1
+    (saved,) = (tmp_path / "decoded").glob("*.npz")
+    decoded_cache._memory.clear()  # a new process
+    again = load_dataset("imagefolder", imagefolder_dir, val_split=0.25)
+    assert len(decodes) == 1 and again.val_images is not None
+    assert _same(load_dataset("imagefolder", imagefolder_dir), first)
+
+    saved.write_bytes(saved.read_bytes()[:100])  # a damaged copy is decoded again, not trusted
+    decoded_cache._memory.clear()
+    assert _same(load_dataset("imagefolder", imagefolder_dir), first) and len(decodes) == 2
+
+
+def test_a_changed_tree_is_never_served_stale(imagefolder_dir, decodes):
+    first = load_dataset("imagefolder", imagefolder_dir)
+    img = imagefolder_dir / "train" / "cat" / "0.png"
+    stat = img.stat()
+    arr = np.asarray(Image.open(img)).copy()
+    arr[0, 0] = 255 - arr[0, 0]
+    Image.fromarray(arr).save(img)
+    os.utime(img, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same time stamp: content decides
+    changed = load_dataset("imagefolder", imagefolder_dir)
+    assert len(decodes) == 2 and changed.fingerprint != first.fingerprint
+
+    (imagefolder_dir / "train" / "zebra").mkdir()  # an empty class folder is a class
+    assert load_dataset("imagefolder", imagefolder_dir).classes[-1] == "zebra" and len(decodes) == 3
+
+
+def test_the_disk_copy_can_be_turned_off(imagefolder_dir, decodes, monkeypatch, tmp_path):
+    monkeypatch.setenv("BANDISTILL_CACHE_DIR", "off")
+    load_dataset("imagefolder", imagefolder_dir)
+    decoded_cache._memory.clear()
+    load_dataset("imagefolder", imagefolder_dir)
+    assert len(decodes) == 2 and not (tmp_path / "decoded").exists()
