@@ -33,7 +33,7 @@ from bandistill.lock import folder_lock
 from bandistill.models import build_model, count_parameters, default_weight_decay, validate_model_name
 from bandistill.progress import make_progress
 from bandistill.background import BackgroundWriter
-from bandistill.step import COMPILE_MODES, StepData, TrainStep, resolve_compile
+from bandistill.step import COMPILE_MODES, StepData, TrainStep, make_sgd, resolve_compile
 from bandistill.views import ViewPolicy, view_hash
 
 MODEL_FILE = "model.pt"
@@ -216,18 +216,9 @@ class TrainRun:
             from bandistill.sync_batchnorm import convert_sync_batchnorm
 
             self.model = convert_sync_batchnorm(self.model, self.device)
-        decay, no_decay = [], []
-        for p in (p for p in self.model.parameters() if p.requires_grad):
-            (no_decay if p.ndim <= 1 else decay).append(p)
-        on_gpu = self.device.type == "cuda"
-        self.optimizer = torch.optim.SGD(
-            [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=torch.tensor(c.lr, device=self.device) if on_gpu else c.lr,  # on a GPU the lr lives there
-            momentum=c.momentum,
-            nesterov=c.momentum > 0,
-            fused=True if on_gpu else None,  # one kernel for all parameters; the CPU keeps today's numerics
-        )
-        if on_gpu:
+        self.optimizer = make_sgd(self.model, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                                  device=self.device)
+        if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: autotune the convolutions once
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []

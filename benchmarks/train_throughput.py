@@ -1,0 +1,232 @@
+"""Training throughput: bandistill's step vs a stock eager PyTorch loop, with model FLOPs utilisation.
+
+For each model, on CIFAR-shaped random data, three loops take turns in one process
+(rounds of a few steps each, the order rotated per round, so drift in the machine's load
+hits all alike):
+
+* ``bandistill``: :class:`bandistill.step.TrainStep` exactly as ``bandistill train`` builds
+  it (views from pure parameters, normalise, forward/backward, SGD; on CUDA the step
+  captured as one CUDA graph, fused SGD with a device lr, cuDNN autotuning);
+* ``stock``: the loop a PyTorch user writes first -- float batches already on the device,
+  ``model(x)``, cross entropy, ``zero_grad``/``backward``/``step`` with the default SGD, eager
+  (bf16 autocast and channels_last on CUDA, like bandistill);
+* ``pre_split``: the body of bandistill's loop before issue 10 (commit 047ce3e, transcribed
+  below): the reference for "nothing got slower".
+
+Reported per model: images/s of each (median over rounds), ``bandistill_over_stock`` and
+``bandistill_over_pre_split`` (median over rounds of the per-round ratio), and MFU: the
+model's training FLOPs per image (``torch.utils.flop_counter``, forward + backward) times
+images/s over a matrix-product peak measured in the same run (bf16 on CUDA, fp32 on CPU).
+
+    python benchmarks/train_throughput.py                     # GPU: batch 128; CPU: batch 32, few steps
+    python benchmarks/train_throughput.py --models resnet-20 --steps 4 --rounds 3 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from bandistill.device import autocast, resolve_device
+from bandistill.models import build_model, default_weight_decay
+from bandistill.step import StepData, TrainStep, make_sgd, resolve_compile
+from bandistill.views import ViewPolicy, normalize
+
+MODELS = ("resnet-20", "densenet-bc-100-12", "wrn-28-10")
+
+
+def matmul_peak(device: torch.device, seconds: float = 1.0) -> float:
+    """FLOP/s of a large matrix product on ``device``: bf16 on CUDA, fp32 on the CPU."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (512, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        sync()
+        best = max(best, 10 * 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def train_flops_per_image(name: str, classes: int) -> float:
+    """Forward + backward FLOPs of one training image (counted on a batch of 2, on the CPU in fp32)."""
+    model = build_model(name, classes, 3)
+    x = torch.randn(2, 3, 32, 32)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), torch.zeros(2, dtype=torch.long)).backward()
+    return counter.get_total_flops() / 2
+
+
+def loops(name: str, batch: int, n: int, device: torch.device, compile_mode: str, classes: int = 100):
+    """The three loops on one shared dataset: ``{kind: step(idx)}`` and a device sync."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
+    labels = torch.randint(0, classes, (n,), generator=g).to(device)
+    policy = ViewPolicy(pad=4, flip=True)
+    params = policy.params(0, 0, np.arange(n)).to(device)
+    mean = torch.tensor([0.5071, 0.4865, 0.4409], device=device)
+    std = torch.tensor([0.2673, 0.2564, 0.2762], device=device)
+    wd = default_weight_decay(name)
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_model(name, classes, 3).to(device, memory_format=torch.channels_last)
+
+    # bandistill: what TrainRun builds
+    m1 = model()
+    ours = TrainStep(m1, make_sgd(m1, lr=0.1, momentum=0.9, weight_decay=wd, device=device),
+                     lambda s, y, t: F.cross_entropy(s, y),
+                     StepData(images, labels, params, mean, std, policy),
+                     capture=compile_mode == "graph", batch_size=batch)
+    ours.begin_epoch(params)
+    ours.set_lr(0.1)
+
+    # stock eager PyTorch
+    m2 = model()
+    opt2 = torch.optim.SGD(m2.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=wd)
+    floats = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
+
+    def stock(idx: torch.Tensor) -> None:
+        with autocast(device):
+            out = m2(floats[idx])
+        loss = F.cross_entropy(out.float(), labels[idx])
+        opt2.zero_grad(set_to_none=True)
+        loss.backward()
+        opt2.step()
+
+    # the loop body before issue 10 (047ce3e), transcribed
+    m3 = model()
+    decay = [p for p in m3.parameters() if p.ndim > 1]
+    no_decay = [p for p in m3.parameters() if p.ndim <= 1]
+    opt3 = torch.optim.SGD([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+                           lr=0.1, momentum=0.9, nesterov=True)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+
+    def pre_split(idx: torch.Tensor) -> None:
+        nonlocal loss_sum, correct
+        for group in opt3.param_groups:
+            group["lr"] = 0.1
+        x = normalize(policy.apply(images[idx], params[idx]), mean, std)
+        y = labels[idx]
+        with autocast(device):
+            logits = m3(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt3.zero_grad(set_to_none=True)
+        loss.backward()
+        opt3.step()
+        loss_sum += loss.detach() * idx.numel()
+        correct += (logits.detach().argmax(1) == y).sum()
+
+    m1.train(), m2.train(), m3.train()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return {"bandistill": ours.step, "stock": stock, "pre_split": pre_split}, sync
+
+
+def measure(name: str, args, device: torch.device, peak: float) -> dict:
+    batch, n = args.batch_size, max(args.batch_size * args.steps, 2 * args.batch_size)
+    compile_mode = resolve_compile(args.compile, device)
+    kinds, sync = loops(name, batch, n, device, compile_mode)
+    gen = torch.Generator().manual_seed(1)
+
+    def batches(count: int) -> list[torch.Tensor]:
+        perm = torch.randperm(n, generator=gen).to(device)
+        return [perm[(i * batch) % (n - batch + 1):][:batch] for i in range(count)]
+
+    for fn in kinds.values():  # warm-up: allocator, cuDNN autotuning, the capture of bandistill's graph
+        for idx in batches(args.warmup):
+            fn(idx)
+    sync()
+    names = list(kinds)
+    seconds: dict[str, list[float]] = {k: [] for k in kinds}
+    for r in range(args.rounds):
+        for kind in names[r % len(names):] + names[: r % len(names)]:
+            todo = batches(args.steps)
+            sync()
+            t0 = time.perf_counter()
+            for idx in todo:
+                kinds[kind](idx)
+            sync()
+            seconds[kind].append(time.perf_counter() - t0)
+    images = batch * args.steps
+    ips = {k: images / statistics.median(v) for k, v in seconds.items()}
+    flops = train_flops_per_image(name, 100)
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(sb / sa for sa, sb in zip(seconds[a], seconds[b]))
+
+    return {
+        "model": name,
+        "compile": compile_mode,
+        "images_per_s": ips,
+        "bandistill_over_stock": ratio("bandistill", "stock"),
+        "bandistill_over_pre_split": ratio("bandistill", "pre_split"),
+        "train_gflops_per_image": flops / 1e9,
+        "mfu": {k: v * flops / peak for k, v in ips.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated model names")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int, default=0, help="default: 128 on CUDA, 32 on the CPU")
+    ap.add_argument("--steps", type=int, default=0, help="steps per loop per round (default: 20 CUDA, 2 CPU)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the three loops, interleaved")
+    ap.add_argument("--warmup", type=int, default=0, help="untimed steps per loop (default: 10 CUDA, 1 CPU)")
+    ap.add_argument("--compile", default="auto", help="bandistill's --compile (auto: graph on CUDA, none on CPU)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    dev = resolve_device(args.device)
+    gpu = dev.type == "cuda"
+    args.batch_size = args.batch_size or (128 if gpu else 32)
+    args.steps = args.steps or (20 if gpu else 2)
+    args.warmup = args.warmup or (10 if gpu else 1)
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+    peak = matmul_peak(dev)
+    rows = [measure(name.strip(), args, dev, peak) for name in args.models.split(",") if name.strip()]
+    result = {
+        "device": torch.cuda.get_device_name(dev) if gpu else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "batch_size": args.batch_size,
+        "steps_per_round": args.steps,
+        "rounds": args.rounds,
+        "peak_tflops": peak / 1e12,
+        "peak_dtype": "bf16" if gpu else "fp32",
+        "models": rows,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"train throughput on {result['device']}, batch {args.batch_size}, {args.rounds} interleaved rounds "
+              f"of {args.steps} steps; measured {result['peak_dtype']} matmul peak "
+              f"{result['peak_tflops']:.3f} TFLOP/s")
+        print(f"| model | bandistill img/s | stock eager img/s | pre-split img/s | bandistill / stock | "
+              f"bandistill / pre-split | MFU bandistill | MFU stock |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            ips, mfu = r["images_per_s"], r["mfu"]
+            print(f"| {r['model']} ({r['compile']}) | {ips['bandistill']:.1f} | {ips['stock']:.1f} | "
+                  f"{ips['pre_split']:.1f} | {r['bandistill_over_stock']:.3f} | "
+                  f"{r['bandistill_over_pre_split']:.3f} | {100 * mfu['bandistill']:.1f}% | "
+                  f"{100 * mfu['stock']:.1f}% |")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

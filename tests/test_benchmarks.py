@@ -1,0 +1,27 @@
+"""Smoke runs of the benchmark scripts with tiny step counts (they must keep working; no timing is checked)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_throughput_runs_on_the_cpu_with_tiny_counts(capsys):
+    bench = _load("train_throughput")
+    result = bench.main(["--models", "resnet-8", "--batch-size", "4", "--steps", "1", "--rounds", "1",
+                         "--device", "cpu", "--json"])
+    assert '"bandistill_over_stock"' in capsys.readouterr().out
+    (row,) = result["models"]
+    assert row["model"] == "resnet-8" and row["compile"] == "none" and result["peak_dtype"] == "fp32"
+    assert set(row["images_per_s"]) == {"bandistill", "stock", "pre_split"}
+    assert all(v > 0 for v in row["images_per_s"].values()) and row["train_gflops_per_image"] > 0
+    assert all(0 < v for v in row["mfu"].values())
