@@ -223,3 +223,38 @@ def test_count_parameters_trainable_only() -> None:
     total = count_parameters(model)
     model.classifier.requires_grad_(False)
     assert count_parameters(model) == total - 64 * 10 - 10
+
+
+@pytest.mark.parametrize("freeze_stem", [False, True])
+def test_shared_buffer_densenet_is_the_same_network(monkeypatch: pytest.MonkeyPatch, freeze_stem: bool) -> None:
+    """The dense block on one preallocated buffer (used on CUDA) vs concatenation: same keys, outputs,
+    gradients and BN statistics (float64, so only the order of additions could differ)."""
+    import bandistill.models.densenet as densenet
+
+    torch.manual_seed(0)
+    concat = build_model("densenet-bc-28-6", 10).double()
+    shared = build_model("densenet-bc-28-6", 10).double()
+    shared.load_state_dict(concat.state_dict())
+    assert {k: v.shape for k, v in shared.state_dict().items()} == {k: v.shape for k, v in concat.state_dict().items()}
+    if freeze_stem:  # the block's input then needs no gradient (transfer --ends); its parameters still do
+        for model in (concat, shared):
+            model.stem.weight.requires_grad_(False)
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    real_prefix = densenet._prefix  # called once per layer on the shared buffer
+    results = []
+    for model, devices in ((concat, ()), (shared, ("cpu",))):
+        monkeypatch.setattr(densenet, "SHARED_BUFFER_DEVICES", devices)
+        applied = []
+        monkeypatch.setattr(densenet, "_prefix", lambda *a, applied=applied: applied.append(1) or real_prefix(*a))
+        model.train()
+        out = model(x)
+        out.square().mean().backward()
+        results.append((out, {n: p.grad for n, p in model.named_parameters() if p.requires_grad},
+                        model.state_dict(), len(applied)))
+    (out_a, g_a, sd_a, n_a), (out_b, g_b, sd_b, n_b) = results
+    assert (n_a, n_b) == (0, 12)  # 3 blocks x 4 layers, on the shared buffer only in the second model
+    assert all(g is not None for g in g_b.values()) and g_b.keys() == g_a.keys()
+    torch.testing.assert_close(out_b, out_a)
+    torch.testing.assert_close(g_b, g_a)
+    torch.testing.assert_close(sd_b, sd_a)
+    torch.testing.assert_close(shared.eval()(x), concat.eval()(x))
