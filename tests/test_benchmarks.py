@@ -25,3 +25,10 @@ def test_train_throughput_runs_on_the_cpu_with_tiny_counts(capsys):
     assert set(row["images_per_s"]) == {"bandistill", "stock", "pre_split"}
     assert all(v > 0 for v in row["images_per_s"].values()) and row["train_gflops_per_image"] > 0
     assert all(0 < v for v in row["mfu"].values())
+
+
+def test_dump_throughput_runs_on_the_cpu_with_tiny_counts():
+    result = _load("dump_throughput").main(["--model", "resnet-8", "--views", "1", "--rounds", "1",
+                                             "--device", "cpu", "--json"])
+    assert result["dataset"] == "digits" and result["views"] == 1
+    assert result["images_per_s"]["dump"] > 0 and result["dump_over_inference"] > 0
