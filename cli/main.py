@@ -7,7 +7,7 @@ import sys
 import click
 
 from bandistill import __version__
-from bandistill.distributed import error_line, stop
+from bandistill.distributed import error_line, is_main, stop
 from bandistill.errors import UserError, VerificationError
 
 
@@ -53,6 +53,8 @@ class BandistillGroup(click.Group):
             click.echo(f"error: {exc.strerror or exc}{where}; check the path and its permissions", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
+            if not is_main():  # under torchrun every rank gets the signal; rank 0 says it once
+                sys.exit(130)
             if ctx.invoked_subcommand == "train" and "--resume" not in ctx.meta.get("bandistill.argv", []):
                 # a second plain 'train' refuses the half-written --out folder; it needs --resume
                 click.echo("interrupted; run the same command again with --resume to continue", err=True)

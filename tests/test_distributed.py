@@ -182,11 +182,10 @@ def test_ddp_train_on_two_processes_equals_one_process_and_resumes_at_another_wo
     assert _max_diff(_weights(tmp_path / "resumed"), _weights(tmp_path / "single")) < 1e-4
 
     # per-rank BatchNorm (the default) normalises each slice by its own statistics: another result
+    # (one process normalises by the whole batch, with or without --sync-bn: the same arithmetic up to rounding)
     per_rank = torchrun(*_cli_args(data, out=tmp_path / "per-rank"))
     assert per_rank.returncode == 0, per_rank.stderr
-    plain = train(TrainConfig(**DDP_ARGS, data_dir=str(data)), tmp_path / "plain", progress=False)
-    assert plain["test_loss"] > 0
-    assert _max_diff(_weights(tmp_path / "per-rank"), _weights(tmp_path / "plain")) > 1e-3
+    assert _max_diff(_weights(tmp_path / "per-rank"), _weights(tmp_path / "single")) > 1e-3
 
 
 # -- ban's stages under torchrun --------------------------------------------------------------
