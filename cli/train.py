@@ -18,7 +18,8 @@ LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where the dataset lives.")
 @click.option("--download", is_flag=True, help="Let torchvision download CIFAR (needs network).")
 @click.option("--epochs", type=int, default=200, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True,
+              help="The global batch: under torchrun each rank trains its slice of it.")
 @click.option("--lr", type=float, default=0.1, show_default=True)
 @click.option("--weight-decay", type=float, default=None, help="Default: 1e-4 DenseNet/ResNet, 5e-4 Wide-ResNet.")
 @click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True)
