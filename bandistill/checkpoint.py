@@ -5,6 +5,7 @@ They are read with ``torch.load(weights_only=True)``: no arbitrary unpickling.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import zipfile
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 
-from bandistill.errors import UserError
+from bandistill.errors import UserError, disk_full_error, is_disk_full
 
 FORMAT = "bandistill-checkpoint"
 FORMAT_VERSION = 1
@@ -29,9 +30,11 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; follow the umask like open() does
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if is_disk_full(exc):
+            raise disk_full_error(path) from None
         raise
 
 
@@ -43,7 +46,15 @@ def _umask() -> int:
 
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike) -> None:
     """Save a checkpoint dict atomically."""
-    atomic_write(path, lambda tmp: torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **obj}, tmp))
+    def write(tmp: str) -> None:
+        # Serialised in memory, then written by Python: a full disk is then an OSError (torch's own
+        # writer raises a RuntimeError that says only "file write failed").
+        buffer = io.BytesIO()
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **obj}, buffer)
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -53,9 +64,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"checkpoint {path} does not exist; pass the model.pt written by 'bandistill train'")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a readable checkpoint ({first[:120]}); retrain or pick another file") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError):
+        # torch's own words ("[Errno 22] Invalid argument", "internal miniz error") say nothing to a user
+        raise UserError(f"{path} is truncated or damaged (not a readable checkpoint); resume its run to rewrite "
+                        "it, retrain, or pick another file") from None
     except Exception as exc:  # pickle.UnpicklingError and friends from weights_only
         raise UserError(f"{path} is not a bandistill checkpoint ({type(exc).__name__}); pass a model.pt from 'bandistill train'") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

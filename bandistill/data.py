@@ -115,6 +115,12 @@ def split_validation(ds: ImageDataset, fraction: float) -> ImageDataset:
     n_val = max(1, int(round(n * fraction)))
     perm = torch.from_numpy(np.random.default_rng(12345).permutation(n))
     val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+    per_class = torch.bincount(ds.train_labels[train_idx], minlength=ds.num_classes)
+    if len(train_idx) < 2 or bool((per_class == 0).any()):
+        missing = [ds.classes[i] for i in torch.nonzero(per_class == 0).flatten().tolist()]
+        what = f"; class {missing[0]} has none" if missing else ""
+        raise UserError(f"--val-split {fraction} leaves {len(train_idx)} of {n} training images{what}; "
+                        "use a smaller fraction")
     return replace(
         ds,
         train_images=ds.train_images[train_idx],
@@ -214,7 +220,11 @@ def _read_pickle(path: Path) -> dict:
 
 
 def _load_imagefolder(data_dir: str | os.PathLike | None) -> ImageDataset:
-    """``data_dir/train/<class>/*`` and ``data_dir/test/<class>/*`` (``val/`` accepted for ``test/``)."""
+    """``data_dir/train/<class>/*`` and ``data_dir/test/<class>/*`` (``val/`` accepted for ``test/``).
+
+    Hidden folders and files (``.ipynb_checkpoints/``, ``.DS_Store``) are not classes or images.
+    Every image is decoded at the training split's majority size and mode (see :func:`_majority_format`).
+    """
     if data_dir is None:
         raise UserError("--dataset imagefolder needs --data-dir pointing at a folder with train/ and test/ (or val/)")
     root = Path(data_dir).expanduser()
@@ -224,45 +234,99 @@ def _load_imagefolder(data_dir: str | os.PathLike | None) -> ImageDataset:
         raise UserError(
             f"{root} is not an ImageFolder tree: expected {train_dir}/<class>/*.png and {root / 'test'}/<class>/* (or val/)"
         )
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    classes = _class_folders(train_dir)
     if not classes:
         raise UserError(f"{train_dir} has no class folders: expected {train_dir}/<class>/<image files>")
-    test_classes = sorted(p.name for p in test_dir.iterdir() if p.is_dir())
-    extra = sorted(set(test_classes) - set(classes))
+    extra = sorted(set(_class_folders(test_dir)) - set(classes))
     if extra:
         raise UserError(f"{test_dir} has classes that {train_dir} lacks: {', '.join(extra[:5])}")
-    tx, ty, size, mode = _read_image_tree(train_dir, classes, None, None)
-    vx, vy, _, _ = _read_image_tree(test_dir, classes, size, mode)
+    train_files = _image_files(train_dir, classes)
+    empty = sorted(set(classes) - {classes[label] for _, label in train_files})
+    if empty:
+        raise UserError(f"class folder {train_dir / empty[0]} holds no images ({len(empty)} such); every class "
+                        "needs training images: add some or remove the folder")
+    size, mode = _majority_format(train_dir, train_files)
+    tx, ty = _decode(train_dir, train_files, size, mode)
+    vx, vy = _decode(test_dir, _image_files(test_dir, classes), size, mode)
     pad = max(1, size[0] // 8)
     return ImageDataset("imagefolder", tx, ty, vx, vy, classes, ViewPolicy(pad=pad, flip=True))
 
 
-def _read_image_tree(folder: Path, classes: list[str], size, mode):
-    """Decode every image under ``folder/<class>/`` once, resized to the first image's size."""
-    from PIL import Image, UnidentifiedImageError
+#: PIL modes of single-channel images (16-bit and 32-bit integer, float, 1-bit, with alpha).
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
-    images, labels = [], []
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """(path, label) of every image file under ``folder/<class>/`` (hidden files skipped), in a fixed order."""
+    files = []
     for label, cls in enumerate(classes):
         cdir = folder / cls
-        if not cdir.is_dir():
-            continue
-        for path in sorted(cdir.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(path) as img:
-                    if mode is None:
-                        mode = "L" if img.mode in ("L", "1", "P;L", "I;16") else "RGB"
-                    img = img.convert(mode)
-                    if size is None:
-                        size = (img.height, img.width)
-                    if (img.height, img.width) != size:
-                        img = img.resize((size[1], size[0]), Image.BILINEAR)
-                    arr = np.asarray(img, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise UserError(f"cannot read image {path}: {exc}; remove or replace the file") from None
-            images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
-            labels.append(label)
-    if not images:
+        if cdir.is_dir():
+            files += [(p, label) for p in sorted(cdir.iterdir())
+                      if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    return files
+
+
+def _majority_format(folder: Path, files: list[tuple[Path, int]]) -> tuple[tuple[int, int], str]:
+    """The size most training images have and their majority mode (``L`` or ``RGB``), from headers only.
+
+    The first image used to decide both, so one small or grayscale image shrank or greyed the
+    whole dataset. Images of another size are resized to the majority's; when no size is
+    shared by more than half of the images there is no sensible one, and the tree is refused.
+    """
+    from collections import Counter
+
+    from PIL import Image, UnidentifiedImageError
+
+    sizes: Counter = Counter()
+    gray = 0
+    for path, _ in files:
+        try:
+            with Image.open(path) as img:
+                sizes[(img.height, img.width)] += 1
+                gray += img.mode in GRAY_MODES
+        except (UnidentifiedImageError, OSError) as exc:
+            raise UserError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+    (size, count), total = sizes.most_common(1)[0], len(files)
+    if count * 2 <= total:
+        listed = ", ".join(f"{h}x{w} ({n})" for (h, w), n in sizes.most_common(3))
+        raise UserError(f"the images under {folder} have no majority size ({listed}, ...); resize them to one "
+                        "size first")
+    return size, "L" if gray * 2 > total else "RGB"
+
+
+def _decode(folder: Path, files: list[tuple[Path, int]], size: tuple[int, int], mode: str):
+    """Decode every image once as uint8 ``mode`` at ``size``: ``(N, C, H, W)`` images and labels."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not files:
         raise UserError(f"no images found under {folder}/<class>/ (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64), size, mode
+    images = []
+    for path, _ in files:
+        try:
+            with Image.open(path) as img:
+                img = _to_8bit(img).convert(mode)
+                if (img.height, img.width) != size:
+                    img = img.resize((size[1], size[0]), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise UserError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+        images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    return torch.from_numpy(np.stack(images)), labels
+
+
+def _to_8bit(img):
+    """16-bit (and 32-bit integer) grayscale scaled to 0..255; PIL's convert("L") clips them to 0 and 255."""
+    from PIL import Image
+
+    if img.mode.startswith("I"):
+        arr = np.asarray(img, dtype=np.float64) / 257.0  # 65535 -> 255
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        return Image.fromarray(np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8), "L")
+    return img

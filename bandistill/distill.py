@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bandistill.cache.reader import SoftTargetCache, open_cache
+from bandistill.cache.reader import SoftTargetCache, check_values, open_cache
 from bandistill.checkpoint import load_checkpoint
 from bandistill.data import ImageDataset
 from bandistill.identity import cache_digest, checkpoint_digest
@@ -168,6 +168,7 @@ def open_soft_targets(config: Any, dataset: ImageDataset, device: torch.device |
             num_samples=dataset.num_train,
             view_policy=dataset.view_policy.to_json(),
         )
+        check_values(cache)  # NaN/inf logits or out-of-range views: refused before training, not trained on
         budget = float(getattr(config, "cache_memory_budget_gb", 4.0)) * GiB
         return CachedSoftTargets(
             cache, device, seed=config.seed, memory_budget_bytes=budget, loss=config.loss,

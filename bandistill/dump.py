@@ -33,7 +33,7 @@ from bandistill.cache.writer import CacheWriter, read_partial_state
 from bandistill.checkpoint import checkpoint_dataset, load_checkpoint, model_from_checkpoint, normalization
 from bandistill.data import ImageDataset
 from bandistill.device import resolve_device
-from bandistill.errors import UserError
+from bandistill.errors import UserError, disk_full_error, is_disk_full
 from bandistill.identity import checkpoint_identity
 from bandistill.inference import accuracy_and_nll, predict_logits
 from bandistill.lock import file_lock
@@ -123,6 +123,12 @@ class LogitDump:
             self.views, self.dataset.num_train, self.dataset.num_classes, dtype,
             self.policy.num_params, int(self.dataset.test_labels.shape[0]),
         )
+        # What HDF5 adds (superblock, headers, attributes), measured on the real layout in memory: the
+        # preflight used to leave it out, and a disk that held the arrays but not it filled mid-dump.
+        e = self.estimate
+        e["hdf5_overhead"] = CacheWriter.overhead_bytes(**self._layout())
+        e["total"] = e["logits"] + e["view_params"] + e["hdf5_overhead"] + int(self.dataset.test_labels.shape[0]) * \
+            self.dataset.num_classes * (2 if dtype == "float16" else 4)
 
     # -- what the file says about itself -------------------------------------------------
     def identity(self) -> dict[str, Any]:
@@ -187,7 +193,20 @@ class LogitDump:
             done = self._existing_final()
             if done is not None:
                 return done
+        try:
+            return self._write(t0, stop_after_views)
+        except (OSError, RuntimeError) as exc:  # HDF5 reports a full disk as either, with errno 28 in the text
+            if is_disk_full(exc):
+                raise disk_full_error(schema.partial_path(str(self.out))) from None
+            raise
+
+    def _write(self, t0: float, stop_after_views: int | None) -> dict[str, Any]:
         writer = self._open_writer()
+        try:
+            writer.reserve(self.estimate["total"])
+        except OSError:
+            writer.close()
+            raise
         self.log(self.estimate_line())
         resumed = writer.views_done()
         written = 0
@@ -274,12 +293,14 @@ class LogitDump:
             self.log(f"{schema.partial_path(str(self.out))} cannot be read (the dump was killed mid-write); "
                      "starting it over")
         self._check_disk_space()
+        return CacheWriter.create(self.out, **self._layout())
+
+    def _layout(self) -> dict[str, Any]:
+        """The arguments of :meth:`CacheWriter.create` for this dump."""
         ds = self.dataset
-        return CacheWriter.create(
-            self.out, attrs=self.attrs(), num_views=self.views, num_samples=ds.num_train,
-            num_classes=ds.num_classes, num_params=self.policy.num_params, dtype=self.dtype,
-            labels=ds.train_labels.numpy(), test_labels=ds.test_labels.numpy(),
-        )
+        return dict(attrs=self.attrs(), num_views=self.views, num_samples=ds.num_train, num_classes=ds.num_classes,
+                    num_params=self.policy.num_params, dtype=self.dtype, labels=ds.train_labels.numpy(),
+                    test_labels=ds.test_labels.numpy())
 
     def _check_disk_space(self) -> None:
         folder = self.out.parent if str(self.out.parent) else Path(".")
@@ -287,8 +308,9 @@ class LogitDump:
         free = shutil.disk_usage(folder).free
         need = self.estimate["total"]
         if need > free:
+            smaller = "fewer --views" if self.dtype == "float16" else "--dtype float16 or fewer --views"
             raise UserError(f"the cache needs {schema.human_bytes(need)} but {folder} has "
-                            f"{schema.human_bytes(free)} free; free space, use --dtype float16 or fewer --views")
+                            f"{schema.human_bytes(free)} free; free space or use {smaller}")
 
     def _storable(self, logits: torch.Tensor, what: str) -> np.ndarray:
         arr = logits.numpy()

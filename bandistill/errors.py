@@ -16,3 +16,26 @@ class UserError(Exception):
 
 class VerificationError(Exception):
     """A check the tool ran on its own output failed (exit code 1, not 2)."""
+
+
+class NonFiniteError(VerificationError):
+    """A run produced NaN or inf (a diverged training loss): it stops, exit code 1, one line."""
+
+
+#: errno values that mean "the disk (or the file size limit) is full".
+DISK_FULL_ERRNOS = (28, 27, 122)  # ENOSPC, EFBIG, EDQUOT
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write that failed for lack of space (HDF5 reports it only in its message)."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return True
+    text = str(exc)
+    return any(s in text for s in ("No space left on device", "File too large", "Disk quota exceeded",
+                                   "errno = 28", "errno = 27", "errno = 122"))
+
+
+def disk_full_error(where: object) -> UserError:
+    """The one line for a write that ran out of space; the work done so far is kept and resumes."""
+    return UserError(f"no space left writing {where} (disk or file size limit full); free space and run the "
+                     "same command again: it resumes from what was saved")

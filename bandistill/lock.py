@@ -73,14 +73,20 @@ def hold(lock: Path, what: str) -> Iterator[None]:
                 raise UserError(f"{what} is in use by another bandistill process ({holder}); wait for it to "
                                 "finish or stop it, or choose another --out") from None
             # ENOLCK/ENOTSUP: this filesystem cannot lock; run unlocked rather than not at all
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _describe_self().encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _describe_self().encode(), 0)
+        except OSError:  # a full disk: the lock holds all the same, only unnamed
+            pass
         _held[key] = 1
         try:
             yield
         finally:
             del _held[key]
-            os.ftruncate(fd, 0)
+            try:
+                os.ftruncate(fd, 0)
+            except OSError:
+                pass
     finally:
         os.close(fd)  # closing releases the flock
 

@@ -89,7 +89,7 @@ def make_loss(name: str, *, temperature: float = 1.0, alpha: float = 0.5,
     key = name.lower()
     if key not in LOSSES:
         raise UserError(f"unknown --loss '{name}': choose one of {', '.join(LOSSES)}")
-    if not temperature > 0:
+    if not 0 < temperature < float("inf"):
         raise UserError(f"--temperature must be positive, got {temperature}")
     if not 0.0 <= alpha <= 1.0:
         raise UserError(f"--alpha must be between 0 and 1, got {alpha}")

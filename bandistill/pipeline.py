@@ -96,6 +96,8 @@ class BanOptions:
             TrainConfig(model=model, dataset=self.dataset, epochs=self.epochs, batch_size=self.batch_size,
                         lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule).validate()
         make_loss(self.loss, temperature=self.temperature, alpha=self.alpha)
+        if self.alpha != 0.5 and self.loss != "kd":
+            raise UserError(f"--alpha weighs the soft term of --loss kd only; --loss {self.loss} would ignore it")
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         check_opset(self.opset)

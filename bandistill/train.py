@@ -27,7 +27,7 @@ from bandistill import distributed
 from bandistill.checkpoint import load_checkpoint, save_checkpoint
 from bandistill.data import ImageDataset, load_dataset
 from bandistill.device import resolve_device
-from bandistill.errors import UserError
+from bandistill.errors import NonFiniteError, UserError
 from bandistill.inference import accuracy_and_nll, predict_logits
 from bandistill.lock import folder_lock
 from bandistill.models import build_model, count_parameters, default_weight_decay, validate_model_name
@@ -91,13 +91,13 @@ class TrainConfig:
             raise UserError(f"--epochs must be a positive integer, got {self.epochs}")
         if self.batch_size <= 0:
             raise UserError(f"--batch-size must be a positive integer, got {self.batch_size}")
-        if not self.lr > 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise UserError(f"--lr must be a positive finite number, got {self.lr}")
         if self.schedule not in ("step", "cosine"):
             raise UserError(f"unknown --schedule '{self.schedule}': use step or cosine")
         if self.weight_decay is None:
             self.weight_decay = default_weight_decay(self.model)
-        if self.weight_decay < 0:
+        if not 0 <= self.weight_decay < math.inf:
             raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.eval_every <= 0:
             raise UserError(f"--eval-every must be a positive integer, got {self.eval_every}")
@@ -106,7 +106,11 @@ class TrainConfig:
         if not self.cache_memory_budget_gb >= 0:
             raise UserError(f"--cache-memory-gb must be >= 0 (0 streams the cache), got {self.cache_memory_budget_gb}")
         if self.teacher_logits is None:
+            if self.loss not in ("ce", "ban+l"):  # ban+l is the default, also for generation 0
+                raise UserError(f"--loss {self.loss} applies to a student: add --teacher-logits CACHE, or drop --loss")
             self.loss = "ce"
+        elif self.alpha != 0.5 and self.loss != "kd":
+            raise UserError(f"--alpha weighs the soft term of --loss kd only; --loss {self.loss} would ignore it")
         if self.loss == "cwtm" and distributed.is_distributed():
             raise UserError("--loss cwtm normalises its weights over the whole batch, which a rank under torchrun "
                             "does not see; train cwtm students in one process")
@@ -352,9 +356,13 @@ class TrainRun:
                         "loss": loss,
                         "train_accuracy": accuracy,
                     }
+                    # every rank holds this epoch's training loss: all of them stop together, before last.pt
+                    _refuse_non_finite(record, c.epochs, self.out)
                     if main:  # rank 0 evaluates and writes; the others wait for its record
                         if (epoch + 1) % c.eval_every == 0 or epoch + 1 == c.epochs:
                             record.update(self._evaluate(mean, std))
+                            if not distributed.is_distributed():  # (a rank-0-only stop would strand the others)
+                                _refuse_non_finite(record, c.epochs, self.out)
                         record["seconds"] = time.perf_counter() - t0
                         record["images_per_s"] = seen / train_seconds if train_seconds > 0 else 0.0
                         self.history.append(record)
@@ -438,6 +446,17 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
             if resume and (run.out / MODEL_FILE).exists() and not (run.out / LAST_FILE).exists():
                 raise UserError(f"{run.out} holds a finished run without resume state; choose another --out")
         return run.run()
+
+
+def _refuse_non_finite(record: dict[str, Any], epochs: int, out: Path) -> None:
+    """Stop a run whose loss became NaN or inf (one host check per epoch, on values already read)."""
+    bad = [k for k in ("loss", "test_loss", "val_loss") if k in record and not math.isfinite(record[k])]
+    if bad:
+        epoch = record["epoch"]
+        kept = f"{out / LAST_FILE} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch was saved"
+        raise NonFiniteError(f"training diverged: the {bad[0].replace('_', ' ')} is {record[bad[0]]} in epoch "
+                             f"{epoch} of {epochs} ({kept}); lower --lr or check the data and teacher cache, "
+                             "and train again in another --out")
 
 
 def _readable(path: Path) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bandistill.cache.reader import open_cache
+from bandistill.cache.reader import check_values, open_cache
 from bandistill.checkpoint import file_digest, load_checkpoint, normalization
 from bandistill.device import resolve_device
 from bandistill.dump import load_teacher, teacher_dataset
@@ -74,6 +74,11 @@ def verify_cache(
         ds = teacher_dataset(ckpt, info.dataset, data_dir)
         cache.check_fits(dataset=ds.name, fingerprint=ds.fingerprint, num_classes=ds.num_classes,
                          num_samples=ds.num_train, view_policy=ds.view_policy.to_json(), what="the teacher")
+        try:
+            check_values(cache)
+        except UserError as exc:  # a damaged cache is a failed check (exit 1), not a usage error
+            return {"cache": str(cache_path), "checkpoint": str(checkpoint), "passed": False, "damaged": str(exc),
+                    "dtype": info.dtype, "device": str(dev)}
         k, n = info.num_views, info.num_samples
         rng = np.random.default_rng(seed)
         flat = np.sort(rng.choice(k * n, size=min(samples, k * n), replace=False))
@@ -107,7 +112,8 @@ def verify_cache(
     def compare(a: np.ndarray, b: np.ndarray) -> tuple[float, bool, float]:
         diff = np.abs(a - b)
         bound = atol + rtol * np.abs(b)
-        return float(diff.max()), bool((diff <= bound).all()), float((diff / bound).max())
+        ok = bool(np.isfinite(diff).all() and (diff <= bound).all())  # inf <= atol + rtol * inf is True
+        return float(diff.max()), ok, float((diff / bound).max())
 
     max_diff, ok, ratio = compare(live, cached)
     test_max, test_ok, test_ratio = compare(live_test, test_logits[test_idx].astype(np.float32))

@@ -128,6 +128,48 @@ class SoftTargetCache:
         self.close()
 
 
+def check_values(cache: SoftTargetCache) -> None:
+    """Raise :class:`UserError` unless every floating array is finite and every view parameter is in range.
+
+    A NaN or inf logit would train a student on garbage with exit 0, and a crop offset beyond
+    the policy's padding indexes outside the image. Generic over the file's datasets (a format
+    with top-k values or log-sum-exps is covered); reads the file once, a slab at a time.
+    """
+    f, path = cache.f, cache.path
+    names: list[str] = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    for name in sorted(names):
+        ds = f[name]
+        if ds.dtype.kind != "f" or ds.size == 0:
+            continue
+        step = max(1, (64 << 20) // max(1, ds.size // max(1, ds.shape[0]) * ds.dtype.itemsize)) if ds.shape else 1
+        for start in range(0, ds.shape[0] if ds.shape else 1, step):
+            part = ds[start:start + step] if ds.shape else ds[()]
+            if not _all_finite(part):
+                where = f" (from row {start} of axis 0)" if ds.shape else ""
+                raise UserError(f"cache {path} is damaged: {name} holds NaN or inf values{where}; dump the cache again")
+    if schema.VIEW_PARAMS in f:
+        try:
+            from bandistill.views import ViewPolicy
+
+            policy = ViewPolicy.from_json(cache.info.view_policy)
+        except (TypeError, ValueError):
+            return  # a policy this version does not know: check_fits refuses it where it matters
+        hi = np.array([2 * policy.pad, 2 * policy.pad, 1 if policy.flip else 0])
+        ds = f[schema.VIEW_PARAMS]
+        for v in range(ds.shape[0]):
+            p = ds[v]
+            if p.size and ((p < 0).any() or (p > hi[: p.shape[-1]]).any()):
+                raise UserError(f"cache {path} is damaged: view_params of view {v} are out of range for its view "
+                                f"policy {cache.info.view_policy}; dump the cache again")
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    if arr.dtype == np.float16:  # exponent bits all set means inf or NaN; numpy's isfinite on float16 is slow
+        return not bool((np.bitwise_and(arr.view(np.uint16), 0x7C00) == 0x7C00).any())
+    return bool(np.isfinite(arr).all())
+
+
 def _canonical_policy(text: str) -> str:
     try:
         return json.dumps(json.loads(text), sort_keys=True)

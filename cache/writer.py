@@ -18,6 +18,7 @@ dump starts that file over.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -62,29 +63,25 @@ class CacheWriter:
             partial.unlink()
         f = _open(partial, "w")
         try:
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            f.attrs["format"] = schema.FORMAT
-            f.attrs["format_version"] = schema.FORMAT_VERSION
-            f.attrs["num_views"] = num_views
-            f.attrs["num_samples"] = num_samples
-            f.attrs["num_classes"] = num_classes
-            f.attrs["num_test_samples"] = int(len(test_labels))
-            f.attrs["dtype"] = dtype
-            f.attrs["complete"] = False
-            f.attrs["test_complete"] = False
-            # Contiguous (no chunks= argument, no compression): view v is one sequential read.
-            f.create_dataset(schema.LOGITS, shape=(num_views, num_samples, num_classes), dtype=dtype)
-            f.create_dataset(schema.VIEW_PARAMS, shape=(num_views, num_samples, num_params), dtype="int16")
-            f.create_dataset(schema.LABELS, data=np.asarray(labels, dtype=np.int64))
-            f.create_dataset(schema.TEST_LOGITS, shape=(len(test_labels), num_classes), dtype=dtype)
-            f.create_dataset(schema.TEST_LABELS, data=np.asarray(test_labels, dtype=np.int64))
-            f.create_dataset(schema.VIEWS_COMPLETE, data=np.zeros(num_views, dtype=np.uint8))
-            f.flush()
+            _lay_out(f, attrs=attrs, num_views=num_views, num_samples=num_samples, num_classes=num_classes,
+                     num_params=num_params, dtype=dtype, labels=labels, test_labels=test_labels)
         except BaseException:
             f.close()
             raise
         return cls(partial, final, f)
+
+    @staticmethod
+    def overhead_bytes(**layout: Any) -> int:
+        """Bytes of the file beyond its unwritten arrays (``create``'s arguments but ``final``): HDF5's
+        superblock, object headers and attributes, and the small arrays written at creation.
+
+        Measured by laying the file out in memory, so the disk-space preflight counts what HDF5
+        really adds instead of guessing it.
+        """
+        with h5py.File(f"overhead-{id(layout)}", "w", driver="core", backing_store=False, block_size=1) as f:
+            _lay_out(f, **layout)
+            f.flush()
+            return int(f.id.get_filesize())
 
     @classmethod
     def reopen(cls, final: str | os.PathLike) -> "CacheWriter":
@@ -92,6 +89,21 @@ class CacheWriter:
         final = Path(final)
         partial = Path(schema.partial_path(str(final)))
         return cls(partial, final, _open(partial, "r+"))
+
+    def reserve(self, total_bytes: int) -> None:
+        """Allocate the file's whole size on disk now (``posix_fallocate``), so a full disk is found here,
+        before any view is written, and not in the middle of an HDF5 write (which leaves HDF5 with
+        metadata it cannot flush; h5py then crashes the process at exit). Raises ``OSError`` (ENOSPC,
+        EFBIG) when the space is not there; filesystems that cannot preallocate are left as they are.
+        """
+        fd = os.open(self.partial, os.O_WRONLY)
+        try:
+            os.posix_fallocate(fd, 0, int(total_bytes))
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+        finally:
+            os.close(fd)
 
     # -- state -------------------------------------------------------------------------
     def views_done(self) -> list[int]:
@@ -149,6 +161,30 @@ class CacheWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _lay_out(f: h5py.File, *, attrs: dict[str, Any], num_views: int, num_samples: int, num_classes: int,
+             num_params: int, dtype: str, labels: np.ndarray, test_labels: np.ndarray) -> None:
+    """Write a new cache's attributes and allocate its arrays (``views_complete`` all zero, not complete)."""
+    for key, value in attrs.items():
+        f.attrs[key] = value
+    f.attrs["format"] = schema.FORMAT
+    f.attrs["format_version"] = schema.FORMAT_VERSION
+    f.attrs["num_views"] = num_views
+    f.attrs["num_samples"] = num_samples
+    f.attrs["num_classes"] = num_classes
+    f.attrs["num_test_samples"] = int(len(test_labels))
+    f.attrs["dtype"] = dtype
+    f.attrs["complete"] = False
+    f.attrs["test_complete"] = False
+    # Contiguous (no chunks= argument, no compression): view v is one sequential read.
+    f.create_dataset(schema.LOGITS, shape=(num_views, num_samples, num_classes), dtype=dtype)
+    f.create_dataset(schema.VIEW_PARAMS, shape=(num_views, num_samples, num_params), dtype="int16")
+    f.create_dataset(schema.LABELS, data=np.asarray(labels, dtype=np.int64))
+    f.create_dataset(schema.TEST_LOGITS, shape=(len(test_labels), num_classes), dtype=dtype)
+    f.create_dataset(schema.TEST_LABELS, data=np.asarray(test_labels, dtype=np.int64))
+    f.create_dataset(schema.VIEWS_COMPLETE, data=np.zeros(num_views, dtype=np.uint8))
+    f.flush()
 
 
 def read_partial_state(final: str | os.PathLike) -> dict[str, Any] | None:

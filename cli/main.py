@@ -8,7 +8,7 @@ import click
 
 from bandistill import __version__
 from bandistill.distributed import error_line, is_main, stop
-from bandistill.errors import UserError, VerificationError
+from bandistill.errors import UserError, VerificationError, is_disk_full
 
 
 def _usage_error(exc: click.UsageError) -> None:
@@ -50,7 +50,11 @@ class BandistillGroup(click.Group):
             # A path the user gave cannot be read or written (missing folder, a file where a
             # folder should be, no permission, disk full): their environment, not our bug.
             where = f": {exc.filename}" if exc.filename else ""
-            click.echo(f"error: {exc.strerror or exc}{where}; check the path and its permissions", err=True)
+            if is_disk_full(exc):
+                click.echo(f"error: {exc.strerror or exc}{where}; free space and run the same command again",
+                           err=True)
+            else:
+                click.echo(f"error: {exc.strerror or exc}{where}; check the path and its permissions", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             if not is_main():  # under torchrun every rank gets the signal; rank 0 says it once

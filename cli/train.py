@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 from bandistill.cli.output import print_json, print_mapping
 from bandistill.distributed import is_main
+from bandistill.errors import UserError
 from bandistill.step import COMPILE_MODES
 from bandistill.train import TrainConfig, train
 
@@ -45,11 +47,15 @@ LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
 @click.option("--out", required=True, type=click.Path(), help="Run folder to write.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def command(**opts) -> None:
+@click.pass_context
+def command(ctx: click.Context, **opts) -> None:
     """Train a model: on labels, or (with --teacher-logits) born-again from a teacher's cache."""
     out, resume, as_json = opts.pop("out"), opts.pop("resume"), opts.pop("as_json")
     opts["cache_memory_budget_gb"] = opts.pop("cache_memory_gb")
     if not opts["teacher_logits"]:
+        given = [n for n in ("loss", "temperature", "alpha") if ctx.get_parameter_source(n) != ParameterSource.DEFAULT]
+        if given:  # they shape a student's loss; without a teacher they would be silently ignored
+            raise UserError(f"--{given[0]} applies to a student: add --teacher-logits CACHE, or drop --{given[0]}")
         opts["loss"] = "ce"
     result = train(TrainConfig(**opts), out, resume=resume)
     if not is_main():  # under torchrun, rank 0 reports

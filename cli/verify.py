@@ -24,12 +24,14 @@ def command(checkpoint, cache_path, samples, data_dir, device, seed, tolerance, 
                           tolerance=tolerance)
     if as_json:
         print_json(report)
-    else:
+    elif "damaged" not in report:  # a damaged cache was not compared: its one line says why
         print_mapping(f"verify {report['cache']}: {'passed' if report['passed'] else 'FAILED'}", {
             k: report[k] for k in ("pairs", "max_abs_diff", "test_samples", "test_max_abs_diff",
                                    "worst_diff_over_tolerance", "argmax_agreement", "params_match_policy",
                                    "dtype", "atol", "rtol", "device")
         })
+    if "damaged" in report:
+        raise VerificationError(report["damaged"])
     if not report["passed"]:
         why = ("stored view parameters differ from the view policy" if not report["params_match_policy"] else
                f"largest difference {report['max_abs_diff']:.3g} (test {report['test_max_abs_diff']:.3g}) exceeds "

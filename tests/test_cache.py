@@ -298,3 +298,44 @@ def test_estimate_matches_the_arithmetic():
     assert est["logits"] == 8 * 50_000 * 100 * 2 == 80_000_000
     assert est["view_params"] == 8 * 50_000 * 3 * 2
     assert math.isclose(est["total"], est["logits"] + est["view_params"] + est["other"])
+
+
+# -- finite values and in-range views -------------------------------------------------------------
+def _damaged_copy(full_dump, dest, change):
+    shutil.copy(full_dump, dest)
+    with h5py.File(dest, "r+") as f:
+        change(f)
+    return dest
+
+
+def _inf_logit(f):
+    f["logits"][1, 5, 3] = np.inf
+
+
+def _nan_test_logit(f):
+    f["test_logits"][0, 0] = np.nan
+
+
+def _far_crop(f):
+    f["view_params"][2, 7, 0] = 40  # digits pad by 1: offsets are 0..2
+
+
+@pytest.mark.parametrize("change, fragment", [(_inf_logit, "logits holds NaN or inf"),
+                                              (_nan_test_logit, "test_logits holds NaN or inf"),
+                                              (_far_crop, "view_params of view 2 are out of range")])
+def test_a_student_refuses_a_cache_with_garbage_values(full_dump, tmp_path, change, fragment):
+    """inf/NaN logits used to be trained on (exit 0); an out-of-range crop raised IndexError."""
+    cache = _damaged_copy(full_dump, tmp_path / "bad.h5", change)
+    result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "1",
+                     "--teacher-logits", cache, "--out", tmp_path / "s")
+    assert_one_line_error(result, fragment, "dump the cache again")
+    assert not (tmp_path / "s" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("change, fragment", [(_inf_logit, "logits holds NaN or inf"),
+                                              (_far_crop, "out of range")])
+def test_verify_cache_fails_on_garbage_values(teacher, full_dump, tmp_path, change, fragment):
+    """verify-cache passed +inf (inf <= atol + rtol * inf) and raised IndexError on a far crop."""
+    cache = _damaged_copy(full_dump, tmp_path / "bad.h5", change)
+    result = run_cli("verify-cache", "--checkpoint", teacher, "--cache", cache, "--samples", 100000)
+    assert_one_line_error(result, fragment, code=1)

@@ -112,3 +112,51 @@ def test_interrupted_train_says_how_to_continue(tmp_path, monkeypatch, extra, hi
     result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--out", str(tmp_path / "r"), *extra)
     assert result.exit_code == 130, result.output
     assert hint in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "1", "--out", ""],
+    ["ban", "--model", "resnet-20", "--dataset", "digits", "--epochs", "1", "--out", ""],
+])
+def test_an_empty_out_is_refused(tmp_path, monkeypatch, args):
+    """--out '' used to write model.pt, gen0/ and the report into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(run_cli(*args), "--out is empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_dump_out_is_refused(tmp_path, monkeypatch, digits_teacher):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("dump-logits", "--checkpoint", digits_teacher, "--dataset", "digits", "--views", 1, "--out", "")
+    assert_one_line_error(result, "--out is empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--loss", "kd"], "--loss applies to a student"),
+    (["--temperature", "4"], "--temperature applies to a student"),
+    (["--loss", "ban+l"], "--loss applies to a student"),
+])
+def test_student_options_without_a_teacher_are_refused(tmp_path, extra, fragment):
+    """They used to be silently ignored (gen0 trains on labels only)."""
+    result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "1", *extra,
+                     "--out", tmp_path / "r")
+    assert_one_line_error(result, fragment, "--teacher-logits")
+    assert not (tmp_path / "r").exists()
+
+
+def test_alpha_with_a_loss_that_has_no_alpha_is_refused(tmp_path, digits_cache):
+    result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "1", "--teacher-logits",
+                     digits_cache, "--loss", "ban", "--alpha", "0.3", "--out", tmp_path / "r")
+    assert_one_line_error(result, "--alpha weighs the soft term of --loss kd only")
+
+
+@pytest.mark.parametrize("keep", [0, 100, 1000, 50_000])
+def test_a_truncated_checkpoint_says_so_in_words(tmp_path, digits_teacher, keep):
+    """It used to print torch's '[Errno 22] Invalid argument' or a cut-off miniz message."""
+    cut = tmp_path / "model.pt"
+    cut.write_bytes(digits_teacher.read_bytes()[:keep])
+    result = run_cli("dump-logits", "--checkpoint", cut, "--dataset", "digits", "--views", 1,
+                     "--out", tmp_path / "c.h5")
+    err = assert_one_line_error(result, "is truncated or damaged")
+    assert "Errno" not in err and "miniz" not in err

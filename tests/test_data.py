@@ -86,3 +86,72 @@ def test_val_split_is_fixed_and_changes_the_fingerprint():
     assert torch.equal(a.val_labels, b.val_labels) and a.fingerprint == b.fingerprint != full.fingerprint
     with pytest.raises(UserError, match="--val-split"):
         load_dataset("digits", val_split=1.5)
+
+
+# -- ImageFolder trees that used to give silent garbage ------------------------------------------
+def _png(path, arr, mode=None):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode).save(path) if mode else Image.fromarray(arr).save(path)
+
+
+def test_imagefolder_16bit_grayscale_keeps_its_levels(tmp_path):
+    """PIL's convert('L') clipped 16-bit images to 0 and 255; they are scaled instead."""
+    import numpy as np
+
+    levels = np.array([[0, 257 * 10, 257 * 100], [257 * 200, 65535, 257 * 50], [1000, 30000, 60000]], np.uint16)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            _png(tmp_path / split / cls / "x.png", levels)  # uint16: a 16-bit grayscale PNG
+    ds = load_dataset("imagefolder", tmp_path)
+    assert ds.train_images.shape == (2, 1, 3, 3)
+    assert ds.train_images[0, 0].tolist() == [[0, 10, 100], [200, 255, 50], [4, 117, 233]]
+
+
+def test_imagefolder_uses_the_majority_size_and_mode(tmp_path):
+    """The first image used to decide: one small or grayscale first image shrank or greyed the whole set."""
+    import numpy as np
+
+    root = write_imagefolder(tmp_path / "t", per_class=4, size=(12, 12))
+    _png(root / "train" / "cat" / "0.png", np.full((5, 5), 128, np.uint8))  # first file: small and grayscale
+    ds = load_dataset("imagefolder", root)
+    assert ds.train_images.shape == (12, 3, 12, 12) and ds.test_images.shape[1:] == (3, 12, 12)
+
+
+def test_imagefolder_without_a_majority_size_is_refused(tmp_path):
+    import numpy as np
+
+    for i, side in enumerate((8, 9, 10, 11)):
+        _png(tmp_path / "train" / f"c{i % 2}" / f"{i}.png", np.zeros((side, side, 3), np.uint8))
+    _png(tmp_path / "test" / "c0" / "0.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(UserError, match="no majority size"):
+        load_dataset("imagefolder", tmp_path)
+
+
+def test_imagefolder_skips_hidden_folders_and_files(tmp_path):
+    """.ipynb_checkpoints/ used to become class 0 and shift every label."""
+    root = write_imagefolder(tmp_path / "t")
+    plain = load_dataset("imagefolder", root)
+    for split in ("train", "test"):
+        hidden = root / split / ".ipynb_checkpoints"
+        hidden.mkdir()
+        (hidden / "x.png").write_bytes((root / split / "cat" / "0.png").read_bytes())
+    (root / "train" / "cat" / ".DS_Store.png").write_bytes(b"junk")
+    ds = load_dataset("imagefolder", root)
+    assert ds.classes == ["cat", "dog", "emu"] and ds.fingerprint == plain.fingerprint
+
+
+def test_imagefolder_class_without_training_images_is_refused(tmp_path):
+    root = write_imagefolder(tmp_path / "t")
+    for f in (root / "train" / "emu").iterdir():
+        f.unlink()
+    with pytest.raises(UserError, match=r"emu holds no images"):
+        load_dataset("imagefolder", root)
+
+
+def test_val_split_that_leaves_no_training_image_is_refused():
+    with pytest.raises(UserError, match=r"--val-split 0.9999 leaves 0 of 1438 training images"):
+        load_dataset("digits", val_split=0.9999)
+    with pytest.raises(UserError, match="has none"):
+        load_dataset("digits", val_split=0.995)  # 7 training images: some digits have none

@@ -389,3 +389,13 @@ def test_chain_ensembles_are_named_as_in_the_paper() -> None:
     assert names([2, 3]) == [("Ens(2..3)", (0, 1))]
     assert names([0, 1, 1]) == [("first 2", (0, 1)), ("all 3", (0, 1, 2))]  # not one chain: by position
     assert names([0, 2]) == [("all 2", (0, 1))]
+
+
+def test_the_same_model_under_two_names_is_refused(gens, tmp_path) -> None:
+    """A copy of a member (or a hard link) used to count that generation twice in the ensemble."""
+    from conftest import assert_one_line_error, run_cli
+
+    copy = tmp_path / "gen1-copy.onnx"
+    shutil.copy(gens["gen1"], copy)
+    result = run_cli("ensemble", "--onnx", gens["gen0"], "--onnx", gens["gen1"], "--onnx", copy)
+    assert_one_line_error(result, "are the same model", "pass each member once")

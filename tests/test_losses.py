@@ -133,3 +133,13 @@ def test_bad_settings_are_user_errors():
         make_loss("kd", temperature=0.0)
     with pytest.raises(UserError, match="--alpha"):
         make_loss("kd", alpha=1.5)
+
+
+def test_temperature_shapes_every_soft_loss():
+    """--temperature with --loss ban is used (T^2 KL at temperature T), never silently ignored."""
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))
+    for name in ("ban", "ban+l", "kd", "dkpp"):
+        g1, g4 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+        assert not torch.allclose(make_loss(name, temperature=1.0, generator=g1)(s, y, t),
+                                  make_loss(name, temperature=4.0, generator=g4)(s, y, t)), name

@@ -86,17 +86,26 @@ STUDENTS = ("gen1/model.pt", "gen2/model.pt")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lost", ["cache/gen0.h5", "gen0/model.pt"])
-def test_a_rebuilt_input_with_the_same_content_retrains_nothing(finished_run, tmp_path, lost):
-    """Identity by content: a cache dumped again, or model.pt rewritten from last.pt, is the same input."""
+@pytest.mark.parametrize("lost, how", [("cache/gen0.h5", "deleted"), ("gen0/model.pt", "deleted"),
+                                       ("cache/gen0.h5", "truncated")])
+def test_a_rebuilt_input_with_the_same_content_retrains_nothing(finished_run, tmp_path, lost, how):
+    """Identity by content: a cache dumped again, or model.pt rewritten from last.pt, is the same input.
+
+    A truncated cache used to stop the re-run with 'pass --overwrite' (an option ban does not have);
+    it is moved aside and dumped again."""
     out = copy_run(finished_run, tmp_path)
     before = snapshot(out)
-    (out / lost).unlink()
+    if how == "deleted":
+        (out / lost).unlink()
+    else:
+        (out / lost).write_bytes(before[lost][: len(before[lost]) // 2])
     again = run_ban(BanOptions(generations=2, **FAST), out, progress=False)
     assert again["stages_run"] == ["gen0.dump" if "cache" in lost else "gen0.train"]
     after = snapshot(out)
     for name in STUDENTS + ("cache/gen1.h5", "onnx/gen1.onnx", "bane.onnx"):
         assert after[name] == before[name], name  # not retrained, not rewritten
+    if how == "truncated":
+        assert [p.stat().st_size for p in out.glob("superseded/*/cache/gen0.h5")] == [len(before[lost]) // 2]
 
 
 @pytest.mark.slow

@@ -170,3 +170,51 @@ def test_compile_graph_needs_a_gpu_and_eval_every_must_be_positive(tmp_path):
         train(TrainConfig(model="resnet-20", dataset="digits", epochs=1, compile="fast"), tmp_path / "f",
               progress=False)
     assert not (tmp_path / "g").exists()
+
+
+# -- finite or fail ---------------------------------------------------------------------------------
+def test_a_diverged_run_stops_with_exit_1_naming_the_epoch(tmp_path):
+    """--lr 1e6 used to train on NaN to the end, write model.pt and exit 0."""
+    from conftest import assert_one_line_error, run_cli
+
+    out = tmp_path / "r"
+    result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "3", "--lr", "1e6",
+                     "--out", out)
+    err = assert_one_line_error(result, "training diverged", "epoch 1 of 3", code=1)
+    assert "nan" in err.lower() or "inf" in err.lower()
+    assert not (out / "model.pt").exists() and not (out / "last.pt").exists()
+    assert (out / "metrics.jsonl").read_text() == ""  # no NaN record
+
+
+def test_a_loss_that_turns_nan_later_keeps_the_last_good_epoch(tmp_path):
+    from bandistill.errors import NonFiniteError
+    from bandistill.train import TrainRun
+
+    run = TrainRun(TrainConfig(model="resnet-20", dataset="digits", epochs=3, batch_size=512, device="cpu"),
+                   tmp_path / "r", progress=False)
+    steps_per_epoch, calls = 3, []  # 1438 images in batches of 512
+    real_loss = run.loss_fn
+
+    def nan_from_epoch_2(logits, labels, teacher):
+        calls.append(1)
+        loss = real_loss(logits, labels, teacher)
+        return loss * float("nan") if len(calls) > steps_per_epoch else loss
+
+    run.loss_fn = nan_from_epoch_2
+    with pytest.raises(NonFiniteError, match=r"epoch 2 of 3 .*last.pt keeps epoch 1"):
+        run.run()
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 1
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert not (tmp_path / "r" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--lr", "inf"], "--lr must be a positive finite number"),
+    (["--weight-decay", "inf"], "--weight-decay must be >= 0"),
+])
+def test_non_finite_options_are_refused(tmp_path, args, fragment):
+    from conftest import assert_one_line_error, run_cli
+
+    result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "1", *args,
+                     "--out", tmp_path / "r")
+    assert_one_line_error(result, fragment)

@@ -115,6 +115,13 @@ def validate_members(members: Sequence[OnnxMember], *, allow_mixed: bool = False
     """Refuse members that cannot be averaged, with one line naming the two that differ."""
     if not members:
         raise UserError("no ONNX model given: pass --onnx gen*.onnx")
+    from bandistill.identity import file_digest
+
+    seen: dict[str, OnnxMember] = {}
+    for m in members:  # the same file under two names (a copy, a hard link) would count one model twice
+        twin = seen.setdefault(file_digest(m.path), m)
+        if twin is not m:
+            raise UserError(f"{twin.path} and {m.path} are the same model (identical files); pass each member once")
     first = members[0]
     for m in members[1:]:
         if m.num_classes != first.num_classes:
