@@ -107,7 +107,12 @@ def test_members_ordered_by_generation_then_name(gens, tmp_path) -> None:
     # File names sort the other way round from the generations.
     a = shutil.copy(gens["gen1"], tmp_path / "a_student.onnx")
     z = shutil.copy(gens["gen0"], tmp_path / "z_teacher.onnx")
-    b = shutil.copy(gens["gen1"], tmp_path / "b_student.onnx")
+    b = tmp_path / "b_student.onnx"  # another generation-1 file (identical copies are refused as one model twice)
+    import onnx
+
+    proto = onnx.load(gens["gen1"])
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "note": "another seed"})
+    onnx.save(proto, b)
     members = load_members(resolve_onnx_paths([str(tmp_path / "*.onnx")]))
     assert [m.name for m in members] == ["z_teacher.onnx", "a_student.onnx", "b_student.onnx"]
     assert [m.generation for m in members] == [0, 1, 1]
