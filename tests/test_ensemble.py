@@ -188,8 +188,9 @@ def test_every_prefix_is_reported(gens, tmp_path) -> None:
     for name in ("Ens*2", "Ens(0..1)", "BANE (Ens(0..2))", "Ens*k averages BAN-1 .. BAN-k"):
         assert name in table.output, table.output
     # members that are not one chain keep positional names
-    repeat = CliRunner().invoke(cli, ["ensemble", "--onnx", str(gens["gen0"]), str(gens["gen1"]),
-                                      str(_copy_with_metadata(gens["gen1"], tmp_path / "b" / "gen1b.onnx")), "--json"])
+    other_gen1 = _copy_with_metadata(gens["gen1"], tmp_path / "b" / "gen1b.onnx", note="another seed")
+    repeat = CliRunner().invoke(cli, ["ensemble", "--onnx", str(gens["gen0"]), str(gens["gen1"]), str(other_gen1),
+                                      "--json"])
     assert [e["name"] for e in json.loads(repeat.stdout)["ensembles"]] == ["first 2", "all 3"]
 
 

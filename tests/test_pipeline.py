@@ -238,7 +238,7 @@ def test_repeats_report_mean_and_std(tmp_path):
     (["--temperature", "-1"], "--temperature must be positive"),
     (["--alpha", "2"], "--alpha must be between 0 and 1"),
     (["--opset", "3"], "--opset 3 is out of range"),
-    (["--lr", "0"], "--lr must be positive"),
+    (["--lr", "0"], "--lr must be a positive finite number"),
     (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
 ])
 def test_ban_refuses_bad_options(tmp_path, args, fragment):

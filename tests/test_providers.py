@@ -121,10 +121,12 @@ def test_io_binding_on_the_cpu_gives_what_run_gives(gen0_onnx, digits) -> None:
 
 
 def test_the_report_says_which_provider_ran_each_session(gen0_onnx, tmp_path) -> None:
-    import shutil
+    import onnx
 
-    gen1 = tmp_path / "gen1.onnx"
-    shutil.copy(gen0_onnx, gen1)
+    gen1 = tmp_path / "gen1.onnx"  # a second member (an identical copy would be refused as one model twice)
+    proto = onnx.load(gen0_onnx)
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "note": "second member"})
+    onnx.save(proto, gen1)
     res = run_cli("ensemble", "--onnx", gen0_onnx, gen1, "--provider", "cpu", "--allow-mixed", "--json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
