@@ -60,7 +60,8 @@ def test_a_changed_tree_is_never_served_stale(imagefolder_dir, decodes):
     changed = load_dataset("imagefolder", imagefolder_dir)
     assert len(decodes) == 2 and changed.fingerprint != first.fingerprint
 
-    (imagefolder_dir / "train" / "zebra").mkdir()  # an empty class folder is a class
+    (imagefolder_dir / "train" / "zebra").mkdir()  # a new class (it needs a training image to be one)
+    Image.fromarray(arr).save(imagefolder_dir / "train" / "zebra" / "0.png")
     assert load_dataset("imagefolder", imagefolder_dir).classes[-1] == "zebra" and len(decodes) == 3
 
 
