@@ -28,7 +28,7 @@ WORKDIR /opt/bandistill
 # Dependencies in their own layer, so that a code change does not reinstall torch. The package folders and
 # README.md are stubbed (tests/test_packaging.py keeps the stubs in step with pyproject.toml); pip installs
 # the stub with its dependencies, then the stub and its build/ folder go (setuptools would otherwise copy the
-# stale stubs from build/ into the real install below). Downloads stay in a BuildKit cache, not in the image.
+# stale stubs from build/ into the real install below). pip's cache is a BuildKit cache mount, not in the image.
 COPY pyproject.toml ./
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=ca \
