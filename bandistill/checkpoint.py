@@ -111,3 +111,32 @@ def file_digest(path: str | os.PathLike) -> str:
     from bandistill.identity import file_digest as bytes_digest
 
     return bytes_digest(path)
+
+
+def lineage_chain(checkpoint: str | Path) -> list[dict[str, Any]]:
+    """A checkpoint's ancestry, newest first: ``[{generation, model, ..., loss, cache}, ..., gen 0]``.
+
+    Read from the checkpoint alone (each student's lineage embeds its teacher's), so the
+    caches and the older checkpoints need not exist any more.
+    """
+    from bandistill.identity import checkpoint_digest
+
+    ckpt = load_checkpoint(checkpoint)
+    chain = [{
+        "generation": int(ckpt.get("generation") or 0),
+        "model": ckpt["model"]["name"],
+        "checkpoint": str(checkpoint),
+        "checkpoint_digest": checkpoint_digest(checkpoint),
+        "test_accuracy": (ckpt.get("metrics") or {}).get("test_accuracy"),
+    }]
+    link = ckpt.get("teacher")
+    while link:
+        chain[-1].update(loss=link.get("loss"), cache=link.get("cache"), cache_digest=link.get("cache_digest"))
+        chain.append({
+            "generation": link.get("teacher_generation"),
+            "model": link.get("teacher_model"),
+            "checkpoint": link.get("teacher_checkpoint"),
+            "checkpoint_digest": link.get("teacher_checkpoint_digest"),
+        })
+        link = link.get("teacher_lineage")
+    return chain

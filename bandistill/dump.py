@@ -1,10 +1,11 @@
-"""Paying for the teacher once: its logits on K augmented views of every training sample.
+"""Paying for the teacher once: its logits on the planned augmented views of every training sample.
 
-View ``v`` of sample ``i`` is ``policy.params(seed, v, i)`` (a pure function, see
-:mod:`bandistill.views`); the dump runs the teacher (eval mode) on exactly those images and
-stores the logits and the parameters side by side, so a student can rebuild the image
-bit for bit and read the matching logits without the teacher. It also stores the
-teacher's logits on the clean test split.
+The views are a :class:`~bandistill.views.ViewPlan` (``--views K``, ``epochs`` or ``all``);
+view ``v`` of sample ``i`` has parameters ``plan.params(policy, v, i)``, a pure function.
+The dump runs the teacher (eval mode) on exactly those images and stores the logits (full
+rows, or with ``top_k`` the k largest and the row's log-sum-exp) and the parameters side by
+side, so a student can rebuild the image bit for bit and read the matching soft targets
+without the teacher. It also stores the teacher's logits on the clean test split.
 
 Resuming: the dump writes ``<out>.partial``, marking each view complete once it is
 flushed. Run again with the same settings, it skips the complete views and finishes the
@@ -38,6 +39,7 @@ from bandistill.identity import checkpoint_identity
 from bandistill.inference import accuracy_and_nll, predict_logits
 from bandistill.lock import file_lock
 from bandistill.progress import make_progress
+from bandistill.views import ViewPlan
 
 #: Largest magnitude float16 holds; a teacher beyond it needs --dtype float32.
 FLOAT16_MAX = 65504.0
@@ -83,18 +85,18 @@ class LogitDump:
         dataset: str,
         out: str | Path,
         *,
-        views: int,
+        views: int | str,
         data_dir: str | None = None,
         seed: int = 0,
         dtype: str = "float16",
+        top_k: int = 0,
+        epochs: int | None = None,
         batch_size: int = 512,
         device: str = "auto",
         overwrite: bool = False,
         progress: bool = True,
         log: Callable[[str], None] | None = None,
     ):
-        if views < 1:
-            raise UserError(f"--views must be a positive integer, got {views}")
         if batch_size < 1:
             raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
         if dtype not in schema.DTYPES:
@@ -104,7 +106,7 @@ class LogitDump:
         self.out = Path(out)
         if self.out.is_dir():
             raise UserError(f"--out {self.out} is a folder; pass a file name such as {self.out / 'gen0.h5'}")
-        self.views, self.seed, self.dtype = int(views), int(seed), dtype
+        self.seed, self.dtype, self.top_k = int(seed), dtype, int(top_k)
         self.batch_size, self.overwrite, self.show_progress = batch_size, overwrite, progress
         self.log = log or (lambda msg: None)
         self.checkpoint = Path(checkpoint)
@@ -115,20 +117,31 @@ class LogitDump:
         if self.policy.to_json() != self.ckpt["dataset"]["view_policy"]:
             raise UserError(f"the checkpoint's view policy {self.ckpt['dataset']['view_policy']} is not "
                             f"{self.dataset.name}'s {self.policy.to_json()}; retrain the teacher with this version")
+        # --views epochs: one view per epoch of the student's schedule, by default the teacher's own
+        epochs = epochs or int((self.ckpt.get("config") or {}).get("epochs") or 0) or None
+        try:
+            self.plan = ViewPlan.parse(views, self.policy, epochs=epochs, seed=self.seed)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        self.views = self.plan.num_views
+        schema.check_top_k(self.top_k, self.dataset.num_classes)
         self.teacher_digest = checkpoint_identity(self.ckpt)  # the model it holds, not the file's bytes
         self._device_images: dict[str, torch.Tensor] = {}
         self.model = load_teacher(self.ckpt, self.device)
         self.mean, self.std = normalization(self.ckpt)
-        self.estimate = schema.storage_bytes(
-            self.views, self.dataset.num_train, self.dataset.num_classes, dtype,
-            self.policy.num_params, int(self.dataset.test_labels.shape[0]),
-        )
+        self.estimate = self.storage_estimate(self.top_k)
         # What HDF5 adds (superblock, headers, attributes), measured on the real layout in memory: the
         # preflight used to leave it out, and a disk that held the arrays but not it filled mid-dump.
         e = self.estimate
         e["hdf5_overhead"] = CacheWriter.overhead_bytes(**self._layout())
         e["total"] = e["logits"] + e["view_params"] + e["hdf5_overhead"] + int(self.dataset.test_labels.shape[0]) * \
-            self.dataset.num_classes * (2 if dtype == "float16" else 4)
+            self.dataset.num_classes * np.dtype(dtype).itemsize
+
+    def storage_estimate(self, top_k: int) -> dict[str, int]:
+        """Bytes of the arrays in the full-row (``top_k`` 0) or the top-k form (HDF5's own overhead aside)."""
+        ds = self.dataset
+        return schema.storage_bytes(self.views, ds.num_train, ds.num_classes, self.dtype, self.policy.num_params,
+                                    int(ds.test_labels.shape[0]), top_k=top_k)
 
     # -- what the file says about itself -------------------------------------------------
     def identity(self) -> dict[str, Any]:
@@ -143,6 +156,8 @@ class LogitDump:
             "num_test_samples": int(ds.test_labels.shape[0]),
             "num_views": self.views,
             "view_policy": self.policy.to_json(),
+            "view_plan": self.plan.to_json(),
+            "top_k": self.top_k,
             "seed": self.seed,
             "dtype": self.dtype,
             "teacher_digest": self.teacher_digest,
@@ -175,11 +190,19 @@ class LogitDump:
         return [f"{k}={attrs.get(k)!r}, not {v!r}" for k, v in mine.items() if attrs.get(k) != v]
 
     def estimate_line(self) -> str:
-        ds, e = self.dataset, self.estimate
-        item = 2 if self.dtype == "float16" else 4
-        return (f"cache size: {ds.num_train} samples x {self.views} views x {ds.num_classes} classes x "
-                f"{item} bytes ({self.dtype}) = {schema.human_bytes(e['logits'])} of logits, "
-                f"{schema.human_bytes(e['total'])} in all")
+        """The storage estimate in both forms (full rows and top-k), saying which one is written."""
+        ds, full = self.dataset, self.storage_estimate(0)
+        item = np.dtype(self.dtype).itemsize
+        plan = "" if self.plan.kind == "fixed" else f" ({self.plan.kind})"
+        line = (f"cache size: {ds.num_train} samples x {self.views} views{plan} x {ds.num_classes} classes x "
+                f"{item} bytes ({self.dtype}) = {schema.human_bytes(full['logits'])} of logits, "
+                f"{schema.human_bytes(full['total'])} in all")
+        k = self.top_k or max(1, min(5, ds.num_classes // 10))
+        top = self.storage_estimate(k)
+        ratio = full["total"] / max(top["total"], 1)
+        if self.top_k:
+            return f"{line}; writing the top {k} and each row's log-sum-exp: {schema.human_bytes(top['total'])} ({ratio:.1f}x smaller)"
+        return f"{line}; with --top-k {k}: {schema.human_bytes(top['total'])} ({ratio:.1f}x smaller)"
 
     # -- the work ------------------------------------------------------------------------
     def run(self, *, stop_after_views: int | None = None) -> dict[str, Any]:
@@ -247,7 +270,7 @@ class LogitDump:
         Batches start at ``start``: a sharded dump whose shards begin on batch boundaries
         runs exactly the batches of a single-process dump, hence the same bits.
         """
-        params = self.policy.params(self.seed, view, np.arange(start, stop))
+        params = self.plan.params(self.policy, view, np.arange(start, stop))
         logits = predict_logits(self.model, self._on_device("train_images")[start:stop], self.mean, self.std,
                                 policy=self.policy, params=params, device=self.device,
                                 batch_size=self.batch_size, on_batch=on_batch)
@@ -300,7 +323,7 @@ class LogitDump:
         ds = self.dataset
         return dict(attrs=self.attrs(), num_views=self.views, num_samples=ds.num_train, num_classes=ds.num_classes,
                     num_params=self.policy.num_params, dtype=self.dtype, labels=ds.train_labels.numpy(),
-                    test_labels=ds.test_labels.numpy())
+                    test_labels=ds.test_labels.numpy(), top_k=self.top_k)
 
     def _check_disk_space(self) -> None:
         folder = self.out.parent if str(self.out.parent) else Path(".")
@@ -308,7 +331,7 @@ class LogitDump:
         free = shutil.disk_usage(folder).free
         need = self.estimate["total"]
         if need > free:
-            smaller = "fewer --views" if self.dtype == "float16" else "--dtype float16 or fewer --views"
+            smaller = "--top-k or fewer --views" if self.dtype == "float16" else "--dtype float16, --top-k or fewer --views"
             raise UserError(f"the cache needs {schema.human_bytes(need)} but {folder} has "
                             f"{schema.human_bytes(free)} free; free space or use {smaller}")
 
@@ -338,6 +361,8 @@ class LogitDump:
             "teacher_digest": info.teacher_digest,
             "teacher_generation": info.teacher_generation,
             "views": info.num_views,
+            "view_plan": info.view_plan.kind,
+            "top_k": info.top_k,
             "views_written": written,
             "views_resumed": resumed,
             "samples": info.num_samples,
@@ -360,10 +385,12 @@ def dump_logits(
     dataset: str,
     out: str | Path,
     *,
-    views: int,
+    views: int | str,
     data_dir: str | None = None,
     seed: int = 0,
     dtype: str = "float16",
+    top_k: int = 0,
+    epochs: int | None = None,
     batch_size: int = 512,
     device: str = "auto",
     overwrite: bool = False,
@@ -371,7 +398,10 @@ def dump_logits(
     log: Callable[[str], None] | None = None,
     stop_after_views: int | None = None,
 ) -> dict[str, Any]:
-    """Dump ``checkpoint``'s logits on ``views`` views of ``dataset``'s train split into ``out``.
+    """Dump ``checkpoint``'s logits on the ``views`` plan (K, ``"epochs"``, ``"all"``) of ``dataset``'s train split.
+
+    ``top_k`` > 0 keeps each row's k largest logits and its log-sum-exp instead of the full
+    row; ``epochs`` is the student's epoch count for ``views="epochs"`` (default: the teacher's).
 
     Resumable and idempotent: see the module docstring. Returns a summary dict (``cache``,
     ``views_written``, ``views_resumed``, ``already_complete``, ``teacher_test_accuracy``, ...).
@@ -382,7 +412,7 @@ def dump_logits(
     with contextlib.ExitStack() as held:
         with distributed.agreement():  # under torchrun: a bad checkpoint or --out on any rank stops every rank
             job = LogitDump(checkpoint, dataset, out, views=views, data_dir=data_dir, seed=seed, dtype=dtype,
-                            batch_size=batch_size, device=device, overwrite=overwrite,
+                            top_k=top_k, epochs=epochs, batch_size=batch_size, device=device, overwrite=overwrite,
                             progress=progress and w.is_main, log=log if w.is_main else None)
             if w.is_main:  # one dump per cache file (another would start this one's .partial over)
                 held.enter_context(file_lock(job.out))

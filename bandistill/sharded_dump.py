@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 
 from bandistill.cache import schema
+from bandistill.cache.reader import read_stored_view
 from bandistill.cache.writer import CacheWriter, read_partial_state
 from bandistill.distributed import agreement, world
 from bandistill.dump import DumpInterrupted, LogitDump
@@ -95,7 +96,7 @@ class Shard:
         return CacheWriter.create(
             final, attrs={**job.attrs(), "shard": mine["shard"]}, num_views=job.views, num_samples=b - a,
             num_classes=ds.num_classes, num_params=job.policy.num_params, dtype=job.dtype,
-            labels=ds.train_labels[a:b].numpy(), test_labels=ds.test_labels[ta:tb].numpy(),
+            labels=ds.train_labels[a:b].numpy(), test_labels=ds.test_labels[ta:tb].numpy(), top_k=job.top_k,
         )
 
     def write(self, skip_views: set[int], skip_test: bool, *, stop_after_views: int | None = None) -> tuple[int, int]:
@@ -160,8 +161,8 @@ def merge_shards(job: LogitDump, size: int) -> Path:
             missing = [str(p) for p, f in zip(parts, files) if not f[schema.VIEWS_COMPLETE][v]]
             if missing:
                 raise RuntimeError(f"cannot merge view {v}: {missing[0]} does not hold it")
-            writer.write_view(v, np.concatenate([f[schema.LOGITS][v] for f in files]),
-                              np.concatenate([f[schema.VIEW_PARAMS][v] for f in files]))
+            writer.write_stored_view(v, np.concatenate([read_stored_view(f, job.top_k, v) for f in files]),
+                                     np.concatenate([f[schema.VIEW_PARAMS][v] for f in files]))
         if not writer.test_done:
             writer.write_test(np.concatenate([f[schema.TEST_LOGITS][()] for f in files]))
         path = writer.finish()

@@ -35,6 +35,8 @@ from bandistill.views import ViewPolicy, normalize
 
 #: ``loss_fn(student_logits, labels, teacher_logits_or_None) -> scalar``
 LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+#: A step's soft targets: a tensor, None (labels only), or a live teacher ``x -> logits``.
+Teacher = "torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None"
 
 #: ``--compile`` choices: ``auto`` is ``graph`` on CUDA and ``none`` elsewhere.
 COMPILE_MODES = ("auto", "graph", "none")
@@ -98,7 +100,7 @@ def train_step(
     loss_fn: LossFn,
     data: StepData,
     idx: torch.Tensor,
-    teacher: torch.Tensor | None,
+    teacher: Teacher,
     loss_sum: torch.Tensor,
     correct: torch.Tensor,
     loss_scale: float = 1.0,
@@ -106,12 +108,16 @@ def train_step(
     """One optimizer step on samples ``idx``; adds the batch's loss sum and hits to the totals.
 
     ``teacher``: the teacher's float32 logits ``(B, C)`` for exactly the views made here, or
-    None for a label-only run. The lr is whatever the optimizer's param groups hold.
+    None for a label-only run, or a live teacher: a function run on the step's own input
+    ``x`` (online distillation, see :mod:`bandistill.soft_targets`). The lr is whatever the
+    optimizer's param groups hold.
     ``loss_scale``: under torchrun, what makes DDP's average of the ranks' gradients the
     gradient of the whole global batch's mean loss (see :func:`bandistill.distributed.local_batch`).
     """
     x = normalize(data.policy.apply(data.images[idx], data.params[idx]), data.mean, data.std)
     y = data.labels[idx]
+    if callable(teacher):
+        teacher = teacher(x)
     with autocast(x.device):
         logits = model(x)
     loss = loss_fn(logits.float(), y, teacher)
@@ -179,11 +185,12 @@ class TrainStep:
             else:
                 group["lr"] = lr
 
-    def step(self, idx: torch.Tensor, teacher: torch.Tensor | None = None, loss_scale: float = 1.0) -> None:
-        """One step on samples ``idx`` (with the teacher's logits for their views, for a student)."""
+    def step(self, idx: torch.Tensor, teacher: Teacher = None, loss_scale: float = 1.0) -> None:
+        """One step on samples ``idx`` (with the teacher's logits for their views, or a live teacher, for a student)."""
         self.seen += idx.numel()
-        if not self.capture or idx.numel() != self.batch_size or loss_scale != self._scale:
-            self._eager(idx, teacher, loss_scale)  # a partial batch (or another scale): same step, uncaptured
+        if not self.capture or idx.numel() != self.batch_size or loss_scale != self._scale or callable(teacher):
+            # a partial batch (or another scale, or a live teacher's forward pass): same step, uncaptured
+            self._eager(idx, teacher, loss_scale)
             return
         self._idx.copy_(idx, non_blocking=True)
         if teacher is not None:
@@ -203,7 +210,7 @@ class TrainStep:
                 self._eager(self._idx, self._teacher, loss_scale)
         self.graph.replay()
 
-    def _eager(self, idx: torch.Tensor, teacher: torch.Tensor | None, loss_scale: float) -> None:
+    def _eager(self, idx: torch.Tensor, teacher: Teacher, loss_scale: float) -> None:
         train_step(self.model, self.optimizer, self.loss_fn, self.data, idx, teacher, self.loss_sum, self.correct,
                    loss_scale)
 

@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from bandistill.background import BackgroundWriter
 from bandistill.step import COMPILE_MODES, StepData, TrainStep, make_sgd, resolve_compile
 from bandistill.views import ViewPolicy, view_hash
 
+if TYPE_CHECKING:
+    from bandistill.soft_targets import SoftTargets
+
 MODEL_FILE = "model.pt"
 LAST_FILE = "last.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -45,7 +48,7 @@ STEP_MILESTONES = (0.3, 0.6, 0.8)
 STEP_GAMMA = 0.2
 
 #: Config keys that may change on --resume without invalidating the run (the result does not depend
-#: on the cache memory budget (see bandistill.distill), on how the step is run, or on how often it is evaluated).
+#: on the cache memory budget (see bandistill.soft_targets), on how the step is run, or on how often it is evaluated).
 RESUME_FREE_KEYS = ("device", "data_dir", "download", "cache_memory_budget_gb", "compile", "eval_every")
 
 #: TrainConfig fields newer than the first recorded runs, with the default they are left out at.
@@ -73,8 +76,11 @@ class TrainConfig:
     dropout: float = 0.0
     compile: str = "auto"  # how the step runs: see bandistill.step (auto: a captured CUDA graph on GPU, eager on CPU)
     eval_every: int = 1  # evaluate every N epochs; the last epoch always
-    # students only
+    # students only: a cache (the normal path) or a live teacher (online distillation, the reference)
     teacher_logits: str | None = None
+    teacher_checkpoint: str | None = None
+    views: str | None = None  # live teacher: the view plan (K, "epochs", "all"; default epochs)
+    view_seed: int | None = None  # live teacher: seed of the views' parameters (dump-logits --seed; default 0)
     loss: str = "ban+l"
     temperature: float = 1.0
     alpha: float = 0.5
@@ -105,7 +111,14 @@ class TrainConfig:
             raise UserError(f"unknown --compile '{self.compile}': choose one of {', '.join(COMPILE_MODES)}")
         if not self.cache_memory_budget_gb >= 0:
             raise UserError(f"--cache-memory-gb must be >= 0 (0 streams the cache), got {self.cache_memory_budget_gb}")
-        if self.teacher_logits is None:
+        if self.teacher_logits and self.teacher_checkpoint:
+            raise UserError("pass --teacher-logits (a cache) or --teacher-checkpoint (a live teacher), not both")
+        if self.teacher_checkpoint:
+            self.views = str(self.views if self.views is not None else "epochs")
+            self.view_seed = int(self.view_seed or 0)
+        elif self.views is not None or self.view_seed is not None:
+            raise UserError("--views and --view-seed go with --teacher-checkpoint; a cache brings its own views")
+        if self.teacher_logits is None and self.teacher_checkpoint is None:
             if self.loss not in ("ce", "ban+l"):  # ban+l is the default, also for generation 0
                 raise UserError(f"--loss {self.loss} applies to a student: add --teacher-logits CACHE, or drop --loss")
             self.loss = "ce"
@@ -125,21 +138,6 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
-
-
-class SoftTargets(Protocol):
-    """What a student reads instead of running its teacher (see :mod:`bandistill.distill`)."""
-
-    generation: int
-
-    def epoch_params(self, epoch: int) -> torch.Tensor:
-        """View parameters ``(N, P)`` (on the device) of the view each sample is shown this epoch."""
-
-    def batch_logits(self, epoch: int, idx: torch.Tensor) -> torch.Tensor:
-        """The teacher's logits for this epoch's views of samples ``idx``."""
-
-    def lineage(self) -> dict[str, Any]:
-        """What taught the student (cache path and digest, teacher, loss)."""
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -180,9 +178,9 @@ class TrainRun:
         self.targets: SoftTargets | None = None
         self._eval_images: list[torch.Tensor | None] | None = None
         self.loss_fn: Callable[..., torch.Tensor] = lambda logits, labels, teacher: F.cross_entropy(logits, labels)
-        if config.teacher_logits:
-            from bandistill.distill import open_soft_targets
+        if config.teacher_logits or config.teacher_checkpoint:
             from bandistill.losses import make_loss
+            from bandistill.soft_targets import open_soft_targets
 
             self.loss_fn = make_loss(config.loss, temperature=config.temperature, alpha=config.alpha)
             self.targets = open_soft_targets(config, self.dataset, self.device)
@@ -235,13 +233,19 @@ class TrainRun:
         state = load_checkpoint(last)
         saved = dict(state["config"])
         mine = self.config.to_dict()
-        diff = [k for k in mine if k not in (*RESUME_FREE_KEYS, "teacher_logits") and saved.get(k) != mine[k]]
-        taught_by = (state.get("teacher") or {}).get("cache_digest")
-        if self.targets is not None or saved.get("teacher_logits"):
-            # the cache is compared by content, whatever its path (./c.h5, a moved run folder); another
-            # teacher's cache under the same name must not finish a run the first one started
-            if self.targets is None or not self.targets.same_content(taught_by):
-                diff.insert(0, "teacher_logits")
+        sources = ("teacher_logits", "teacher_checkpoint")
+        diff = [k for k in mine if k not in (*RESUME_FREE_KEYS, *sources) and saved.get(k) != mine[k]]
+        # the teacher (a cache, or a live teacher's checkpoint) is compared by content, whatever its path
+        # (./c.h5, a moved run folder); another teacher under the same name must not finish a run the
+        # first one started
+        source = "teacher_checkpoint" if mine.get("teacher_checkpoint") or saved.get("teacher_checkpoint") \
+            else "teacher_logits"
+        link = state.get("teacher") or {}
+        taught_by = link.get("teacher_checkpoint_digest" if source == "teacher_checkpoint" else "cache_digest")
+        if self.targets is not None or any(saved.get(k) for k in sources):
+            if (self.targets is None or not self.targets.same_content(taught_by)
+                    or any(bool(saved.get(k)) != bool(mine.get(k)) for k in sources)):
+                diff.insert(0, source)
         if diff:
             k = diff[0]
             if k == "teacher_logits" and self.targets is not None and saved.get("teacher_logits"):
@@ -345,8 +349,7 @@ class TrainRun:
                             continue
                         idx, loss_scale = distributed.local_batch(idx)  # this rank's slice of the global batch
                         step.set_lr(learning_rate(c, epoch, s, steps))
-                        step.step(idx, self.targets.batch_logits(epoch, idx) if self.targets is not None else None,
-                                  loss_scale=loss_scale)
+                        step.step(idx, self._teacher(epoch, idx), loss_scale=loss_scale)
                     self._lr = step.lr
                     loss, accuracy, seen = step.end_epoch()
                     train_seconds = time.perf_counter() - t0
@@ -382,6 +385,14 @@ class TrainRun:
                 with contextlib.suppress(BaseException):
                     writer.wait()  # finish the last good checkpoint; the first error is the one to report
                 raise
+
+    def _teacher(self, epoch: int, idx: torch.Tensor):
+        """A step's soft targets: None (labels only), a cache's tensor, or a live teacher to run on the step's input."""
+        if self.targets is None:
+            return None
+        if self.targets.mode == "live":
+            return lambda x: self.targets.batch_logits(epoch, idx, x)
+        return self.targets.batch_logits(epoch, idx)
 
     def _evaluate(self, mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
         ds, dev = self.dataset, self.device

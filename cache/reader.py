@@ -19,6 +19,7 @@ import numpy as np
 
 from bandistill.cache import schema
 from bandistill.errors import UserError
+from bandistill.views import VIEW_PLANS, ViewPlan
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,15 @@ class CacheInfo:
     teacher: dict[str, Any]
     complete: bool
     attrs: dict[str, Any]
+    #: Which views the cache holds and how a student walks through them (version 1: K fixed views).
+    view_plan: ViewPlan
+    #: 0: full rows in ``logits``; k > 0: ``topk`` records.
+    top_k: int = 0
+
+    @property
+    def targets_name(self) -> str:
+        """The dataset that holds the train soft targets: ``logits`` or ``topk``."""
+        return schema.TOPK if self.top_k else schema.LOGITS
 
     @property
     def teacher_model(self) -> str:
@@ -63,14 +73,26 @@ class SoftTargetCache:
 
     # -- arrays (whole views only) -------------------------------------------------------
     def read_view(self, view: int) -> np.ndarray:
-        """Logits ``(samples, classes)`` of one view, in the stored dtype: one sequential read."""
+        """Logits ``(samples, classes)`` of one view of a full-row cache, in the stored dtype: one sequential read."""
+        if self.info.top_k:
+            raise ValueError(f"{self.path} keeps the top {self.info.top_k} logits only; use read_stored_view")
         return self.f[schema.LOGITS][view]
+
+    def read_stored_view(self, view: int) -> np.ndarray:
+        """One view's soft targets as stored (one sequential read): logits ``(N, C)`` or ``topk`` records ``(N,)``."""
+        return read_stored_view(self.f, self.info.top_k, view)
+
+    def read_stored_all(self) -> np.ndarray:
+        """Every view's soft targets as stored: ``(K, N, C)`` logits or ``(K, N)`` records (one read)."""
+        return self.f[self.info.targets_name][()]
 
     def read_view_params(self, view: int) -> np.ndarray:
         return self.f[schema.VIEW_PARAMS][view]
 
     def read_logits(self) -> np.ndarray:
-        """All logits ``(views, samples, classes)``: one sequential read of the whole array."""
+        """All logits ``(views, samples, classes)`` of a full-row cache: one sequential read of the whole array."""
+        if self.info.top_k:
+            raise ValueError(f"{self.path} keeps the top {self.info.top_k} logits only; use read_stored_all")
         return self.f[schema.LOGITS][()]
 
     def read_view_params_all(self) -> np.ndarray:
@@ -85,7 +107,8 @@ class SoftTargetCache:
 
     @property
     def logits_nbytes(self) -> int:
-        ds = self.f[schema.LOGITS]
+        """Bytes of the train soft targets (full rows or top-k records)."""
+        ds = self.f[self.info.targets_name]
         return int(np.prod(ds.shape)) * ds.dtype.itemsize
 
     # -- validation ----------------------------------------------------------------------
@@ -140,12 +163,14 @@ def check_values(cache: SoftTargetCache) -> None:
     f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
     for name in sorted(names):
         ds = f[name]
-        if ds.dtype.kind != "f" or ds.size == 0:
+        # float arrays, and the float fields of record arrays (a top-k cache's values and log-sum-exps)
+        fields = [None] if ds.dtype.kind == "f" else [n for n in (ds.dtype.names or ()) if ds.dtype[n].base.kind == "f"]
+        if not fields or ds.size == 0:
             continue
         step = max(1, (64 << 20) // max(1, ds.size // max(1, ds.shape[0]) * ds.dtype.itemsize)) if ds.shape else 1
         for start in range(0, ds.shape[0] if ds.shape else 1, step):
             part = ds[start:start + step] if ds.shape else ds[()]
-            if not _all_finite(part):
+            if not all(_all_finite(np.ascontiguousarray(part if n is None else part[n])) for n in fields):
                 where = f" (from row {start} of axis 0)" if ds.shape else ""
                 raise UserError(f"cache {path} is damaged: {name} holds NaN or inf values{where}; dump the cache again")
     if schema.VIEW_PARAMS in f:
@@ -168,6 +193,11 @@ def _all_finite(arr: np.ndarray) -> bool:
     if arr.dtype == np.float16:  # exponent bits all set means inf or NaN; numpy's isfinite on float16 is slow
         return not bool((np.bitwise_and(arr.view(np.uint16), 0x7C00) == 0x7C00).any())
     return bool(np.isfinite(arr).all())
+
+
+def read_stored_view(f: h5py.File, top_k: int, view: int) -> np.ndarray:
+    """View ``view`` of an open cache (complete, partial or a shard) as stored: one sequential read."""
+    return f[schema.TOPK if top_k else schema.LOGITS][view]
 
 
 def _canonical_policy(text: str) -> str:
@@ -223,13 +253,17 @@ def _read_info(path: Path, f: h5py.File) -> CacheInfo:
         raise UserError(f"{path} is an HDF5 file but not a bandistill soft-target cache; "
                         "pass the file written by 'bandistill dump-logits'")
     version = attrs.get("format_version")
-    if version != schema.FORMAT_VERSION:
+    if version not in schema.READABLE_VERSIONS:
         newer = isinstance(version, int) and version > schema.FORMAT_VERSION
         fix = "upgrade bandistill" if newer else "dump the cache again with this version"
-        raise UserError(f"cache {path} has format version {version}, this bandistill reads version "
-                        f"{schema.FORMAT_VERSION}; {fix}")
+        raise UserError(f"cache {path} has format version {version}, this bandistill reads versions "
+                        f"{', '.join(map(str, schema.READABLE_VERSIONS))}; {fix}")
     missing = [a for a in schema.REQUIRED_ATTRS if a not in attrs]
-    missing += [d for d in (schema.LOGITS, schema.VIEW_PARAMS, schema.LABELS, schema.VIEWS_COMPLETE,
+    if version >= 2:
+        missing += [a for a in schema.REQUIRED_ATTRS_V2 if a not in attrs]
+    top_k = int(attrs.get("top_k", 0) or 0) if not missing else 0
+    targets = schema.TOPK if top_k else schema.LOGITS
+    missing += [d for d in (targets, schema.VIEW_PARAMS, schema.LABELS, schema.VIEWS_COMPLETE,
                             schema.TEST_LOGITS, schema.TEST_LABELS) if d not in f]
     if missing:
         raise UserError(f"cache {path} is damaged ({missing[0]} is missing); dump the cache again")
@@ -252,10 +286,15 @@ def _read_info(path: Path, f: h5py.File) -> CacheInfo:
         teacher=teacher,
         complete=bool(attrs["complete"]),
         attrs=attrs,
+        view_plan=_view_plan(path, attrs),
+        top_k=top_k,
     )
     k, n, c = info.num_views, info.num_samples, info.num_classes
+    if info.view_plan.num_views != k:
+        raise UserError(f"cache {path} is damaged: its view plan names {info.view_plan.num_views} views, "
+                        f"num_views says {k}; dump the cache again")
     shapes = {
-        schema.LOGITS: (k, n, c),
+        targets: (k, n) if top_k else (k, n, c),
         schema.LABELS: (n,),
         schema.VIEWS_COMPLETE: (k,),
         schema.TEST_LOGITS: (info.num_test_samples, c),
@@ -264,10 +303,28 @@ def _read_info(path: Path, f: h5py.File) -> CacheInfo:
         if tuple(f[name].shape) != shape:
             raise UserError(f"cache {path} is damaged: {name} has shape {tuple(f[name].shape)}, "
                             f"its attributes say {shape}; dump the cache again")
+    if top_k and f[targets].dtype.names != ("values", "indices", "logsumexp") \
+            or top_k and f[targets].dtype["values"].shape != (top_k,):
+        raise UserError(f"cache {path} is damaged: {targets} does not hold top-{top_k} records; dump the cache again")
     vp = f[schema.VIEW_PARAMS].shape
     if len(vp) != 3 or vp[:2] != (k, n):
         raise UserError(f"cache {path} is damaged: view_params has shape {tuple(vp)}; dump the cache again")
     return info
+
+
+def _view_plan(path: Path, attrs: dict[str, Any]) -> ViewPlan:
+    """The plan a cache was dumped with (version 1 knew only K fixed views)."""
+    if "view_plan" not in attrs:
+        return ViewPlan("fixed", int(attrs["num_views"]), int(attrs["seed"]))
+    try:
+        plan = ViewPlan.from_json(str(attrs["view_plan"]))
+    except (TypeError, ValueError, KeyError):
+        raise UserError(f"cache {path} is damaged (view_plan {attrs['view_plan']!r} is not a view plan); "
+                        "dump the cache again") from None
+    if plan.kind not in ("fixed", *VIEW_PLANS):
+        raise UserError(f"cache {path} has view plan '{plan.kind}', which this bandistill does not know; "
+                        "upgrade bandistill")
+    return plan
 
 
 def _check_complete(path: Path, f: h5py.File, info: CacheInfo) -> None:

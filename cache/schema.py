@@ -7,6 +7,11 @@ the data it trains on is in root attributes; the arrays are:
 dataset                   shape                      contents
 ========================  =========================  ==========================================
 ``logits``                ``(views, samples, C)``    teacher logits on view v of train sample i
+                                                     (full rows, ``top_k == 0``), or instead:
+``topk``                  ``(views, samples)``       one record per row (``top_k == k > 0``):
+                                                     ``values`` (k,) the k largest logits,
+                                                     ``indices`` (k,) their classes (uint8 up to
+                                                     256 classes), ``logsumexp`` of the full row
 ``view_params``           ``(views, samples, P)``    int16 parameters of that view (see views.py)
 ``labels``                ``(samples,)``             int64 train labels
 ``test_logits``           ``(test_samples, C)``      teacher logits on the clean test split
@@ -14,7 +19,15 @@ dataset                   shape                      contents
 ``views_complete``        ``(views,)``               uint8, 1 once view v is written and flushed
 ========================  =========================  ==========================================
 
-``logits`` and ``view_params`` are stored contiguously (no chunking, no compression), so
+Format 2 adds the root attributes ``view_plan`` (JSON: ``kind`` fixed / epochs / all,
+``num_views``, ``seed``; see :class:`bandistill.views.ViewPlan`) and ``top_k``, and the
+``topk`` form. From a ``topk`` record the top-k probabilities are exact,
+``exp(value - logsumexp)``, and the remaining mass is spread evenly over the other C - k
+classes (FKD's "marginal smoothing", Shen & Xing, ECCV 2022); see
+:mod:`bandistill.soft_targets`. Version 1 files (full rows, K fixed views, no
+``view_plan``) still read as ``fixed`` plans of ``num_views`` views.
+
+``logits`` (or ``topk``) and ``view_params`` are stored contiguously (no chunking, no compression), so
 view ``v`` is one sequential hyperslab read: ``f["logits"][v]``. gzip shrinks logits by
 ~14% and costs an order of magnitude in read time, and per-sample fancy indexing is far
 slower still, so neither is used; readers load a whole view (or all of them) and index in
@@ -31,12 +44,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+
 #: Value of the root attribute ``format``.
 FORMAT = "bandistill-soft-targets"
 #: Bumped on any change a reader of the previous version would misread.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this code reads (1: full rows of K fixed views only).
+READABLE_VERSIONS = (1, 2)
 
 LOGITS = "logits"
+TOPK = "topk"
 VIEW_PARAMS = "view_params"
 LABELS = "labels"
 TEST_LOGITS = "test_logits"
@@ -67,6 +85,8 @@ REQUIRED_ATTRS = (
     "complete",
     "test_complete",
 )
+#: Root attributes version 2 adds.
+REQUIRED_ATTRS_V2 = ("view_plan", "top_k")
 
 #: Attributes that define what a dump computes: a partial file is resumed only when all of
 #: these equal what the new run would write (device and batch size may change).
@@ -82,6 +102,8 @@ IDENTITY_ATTRS = (
     "seed",
     "dtype",
     "teacher_digest",
+    "view_plan",
+    "top_k",
 )
 
 
@@ -115,11 +137,52 @@ def teacher_attr(name: str, digest: str, generation: int, checkpoint: str, linea
     )
 
 
+def index_dtype(num_classes: int) -> str:
+    """The smallest unsigned integer type that holds a class index."""
+    return "uint8" if num_classes <= 256 else "uint16" if num_classes <= 65536 else "uint32"
+
+
+def topk_dtype(k: int, num_classes: int, dtype: str) -> np.dtype:
+    """The record of one row in the ``topk`` form: values (k,), indices (k,), logsumexp."""
+    return np.dtype([("values", dtype, (k,)), ("indices", index_dtype(num_classes), (k,)), ("logsumexp", dtype)])
+
+
+def check_top_k(top_k: int, num_classes: int) -> None:
+    """Raise :class:`UserError` unless ``0 <= top_k < num_classes`` (0 keeps full rows)."""
+    from bandistill.errors import UserError
+
+    if top_k < 0 or (top_k and top_k >= num_classes):
+        raise UserError(f"--top-k must be 0 (full rows) or between 1 and {num_classes - 1} for {num_classes} "
+                        f"classes, got {top_k}")
+
+
+def to_topk(logits: np.ndarray, k: int, dtype: str) -> np.ndarray:
+    """Full float32 rows ``(N, C)`` -> ``topk`` records ``(N,)``: the k largest logits (largest first,
+    ties to the lower class), their classes, and the row's log-sum-exp (computed in float64)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    n, c = logits.shape
+    rec = np.empty(n, dtype=topk_dtype(k, c, dtype))
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    rec["indices"] = order
+    rec["values"] = np.take_along_axis(logits, order, axis=1)
+    x = logits.astype(np.float64)
+    peak = x.max(axis=1, keepdims=True) if c else np.zeros((n, 1))
+    rec["logsumexp"] = (peak[:, 0] + np.log(np.exp(x - peak).sum(axis=1))) if n else 0
+    return rec
+
+
+def row_bytes(num_classes: int, dtype: str, top_k: int = 0) -> int:
+    """Bytes one stored row takes: C logits, or k values + k indices + one log-sum-exp."""
+    if top_k:
+        return topk_dtype(top_k, num_classes, dtype).itemsize
+    return num_classes * np.dtype(dtype).itemsize
+
+
 def storage_bytes(num_views: int, num_samples: int, num_classes: int, dtype: str,
-                  num_params: int = 3, num_test: int = 0) -> dict[str, int]:
-    """Bytes the arrays of a dump take: logits, view params, and the rest (labels, test logits)."""
-    item = 2 if dtype == "float16" else 4
-    logits = num_views * num_samples * num_classes * item
+                  num_params: int = 3, num_test: int = 0, top_k: int = 0) -> dict[str, int]:
+    """Bytes the arrays of a dump take: soft targets (``logits``, full or top-k), view params, the rest."""
+    item = np.dtype(dtype).itemsize
+    logits = num_views * num_samples * row_bytes(num_classes, dtype, top_k)
     params = num_views * num_samples * num_params * 2
     other = num_samples * 8 + num_test * (num_classes * item + 8) + num_views
     return {"logits": logits, "view_params": params, "other": other, "total": logits + params + other}

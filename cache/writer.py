@@ -19,6 +19,7 @@ dump starts that file over.
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,13 @@ class CacheWriter:
         dtype: str,
         labels: np.ndarray,
         test_labels: np.ndarray,
+        top_k: int = 0,
     ) -> "CacheWriter":
-        """Start a new ``<final>.partial`` (replacing any old partial file)."""
+        """Start a new ``<final>.partial`` (replacing any old partial file).
+
+        ``top_k`` > 0 stores each row as its k largest logits, their classes and the row's
+        log-sum-exp (the ``topk`` form); 0 stores full rows in ``logits``.
+        """
         if dtype not in schema.DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(schema.DTYPES)}, got {dtype!r}")
         final = Path(final)
@@ -64,7 +70,7 @@ class CacheWriter:
         f = _open(partial, "w")
         try:
             _lay_out(f, attrs=attrs, num_views=num_views, num_samples=num_samples, num_classes=num_classes,
-                     num_params=num_params, dtype=dtype, labels=labels, test_labels=test_labels)
+                     num_params=num_params, dtype=dtype, labels=labels, test_labels=test_labels, top_k=top_k)
         except BaseException:
             f.close()
             raise
@@ -114,12 +120,25 @@ class CacheWriter:
         return bool(self.f.attrs["test_complete"])
 
     # -- writing -----------------------------------------------------------------------
+    @property
+    def top_k(self) -> int:
+        return int(self.f.attrs.get("top_k", 0))
+
     def write_view(self, view: int, logits: np.ndarray, params: np.ndarray) -> None:
-        """Store one whole view, flush, then mark it complete and flush again."""
-        ds = self.f[schema.LOGITS]
-        if logits.shape != ds.shape[1:]:
-            raise ValueError(f"view {view}: logits shape {logits.shape}, file expects {ds.shape[1:]}")
-        ds[view] = logits.astype(ds.dtype, copy=False)
+        """Store one whole view from its full float32 logits (kept whole, or as top-k records)."""
+        if self.top_k:
+            n, c = self.f[schema.TOPK].shape[1], int(self.f.attrs["num_classes"])
+            if logits.shape != (n, c):
+                raise ValueError(f"view {view}: logits shape {logits.shape}, file expects {(n, c)}")
+            logits = schema.to_topk(logits, self.top_k, str(self.f.attrs["dtype"]))
+        self.write_stored_view(view, logits, params)
+
+    def write_stored_view(self, view: int, stored: np.ndarray, params: np.ndarray) -> None:
+        """Store one whole view already in the file's form, flush, then mark it complete and flush again."""
+        ds = self.f[schema.TOPK if self.top_k else schema.LOGITS]
+        if stored.shape != ds.shape[1:]:
+            raise ValueError(f"view {view}: soft targets of shape {stored.shape}, file expects {ds.shape[1:]}")
+        ds[view] = stored.astype(ds.dtype, copy=False)
         self.f[schema.VIEW_PARAMS][view] = np.asarray(params, dtype=np.int16)
         self.f.flush()
         self.f[schema.VIEWS_COMPLETE][view] = 1
@@ -164,10 +183,13 @@ class CacheWriter:
 
 
 def _lay_out(f: h5py.File, *, attrs: dict[str, Any], num_views: int, num_samples: int, num_classes: int,
-             num_params: int, dtype: str, labels: np.ndarray, test_labels: np.ndarray) -> None:
+             num_params: int, dtype: str, labels: np.ndarray, test_labels: np.ndarray, top_k: int = 0) -> None:
     """Write a new cache's attributes and allocate its arrays (``views_complete`` all zero, not complete)."""
     for key, value in attrs.items():
         f.attrs[key] = value
+    if "view_plan" not in attrs:  # K fixed views, as version 1 had
+        f.attrs["view_plan"] = json.dumps({"kind": "fixed", "num_views": int(num_views),
+                                           "seed": int(attrs.get("seed", 0))}, sort_keys=True)
     f.attrs["format"] = schema.FORMAT
     f.attrs["format_version"] = schema.FORMAT_VERSION
     f.attrs["num_views"] = num_views
@@ -175,10 +197,14 @@ def _lay_out(f: h5py.File, *, attrs: dict[str, Any], num_views: int, num_samples
     f.attrs["num_classes"] = num_classes
     f.attrs["num_test_samples"] = int(len(test_labels))
     f.attrs["dtype"] = dtype
+    f.attrs["top_k"] = int(top_k)
     f.attrs["complete"] = False
     f.attrs["test_complete"] = False
     # Contiguous (no chunks= argument, no compression): view v is one sequential read.
-    f.create_dataset(schema.LOGITS, shape=(num_views, num_samples, num_classes), dtype=dtype)
+    if top_k:
+        f.create_dataset(schema.TOPK, shape=(num_views, num_samples), dtype=schema.topk_dtype(top_k, num_classes, dtype))
+    else:
+        f.create_dataset(schema.LOGITS, shape=(num_views, num_samples, num_classes), dtype=dtype)
     f.create_dataset(schema.VIEW_PARAMS, shape=(num_views, num_samples, num_params), dtype="int16")
     f.create_dataset(schema.LABELS, data=np.asarray(labels, dtype=np.int64))
     f.create_dataset(schema.TEST_LOGITS, shape=(len(test_labels), num_classes), dtype=dtype)

@@ -37,6 +37,13 @@ LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
               help="Evaluate on the test split every N epochs (the last epoch always).")
 @click.option("--teacher-logits", type=click.Path(dir_okay=False), default=None,
               help="Cache from 'bandistill dump-logits': train a student against it.")
+@click.option("--teacher-checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Run this teacher live on the student's views every step (online distillation: the "
+                   "reference the cache is measured against; slower).")
+@click.option("--views", default=None,
+              help="With --teacher-checkpoint: the view plan, K, 'epochs' (default) or 'all', as dump-logits names it.")
+@click.option("--view-seed", type=int, default=None,
+              help="With --teacher-checkpoint: seed of the views' parameters (dump-logits --seed; default 0).")
 @click.option("--loss", type=click.Choice(LOSSES), default="ban+l", show_default=True, help="Student loss.")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature (kd).")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the soft term (kd).")
@@ -49,10 +56,10 @@ LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.pass_context
 def command(ctx: click.Context, **opts) -> None:
-    """Train a model: on labels, or (with --teacher-logits) born-again from a teacher's cache."""
+    """Train a model: on labels, or born-again from a teacher's cache (--teacher-logits) or a live teacher."""
     out, resume, as_json = opts.pop("out"), opts.pop("resume"), opts.pop("as_json")
     opts["cache_memory_budget_gb"] = opts.pop("cache_memory_gb")
-    if not opts["teacher_logits"]:
+    if not (opts["teacher_logits"] or opts["teacher_checkpoint"]):
         given = [n for n in ("loss", "temperature", "alpha") if ctx.get_parameter_source(n) != ParameterSource.DEFAULT]
         if given:  # they shape a student's loss; without a teacher they would be silently ignored
             raise UserError(f"--{given[0]} applies to a student: add --teacher-logits CACHE, or drop --{given[0]}")

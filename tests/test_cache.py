@@ -21,7 +21,7 @@ from bandistill.cache.reader import open_cache
 from bandistill.checkpoint import file_digest, load_checkpoint, save_checkpoint
 from bandistill.identity import checkpoint_digest
 from conftest import assert_one_line_error, run_cli
-from bandistill.distill import open_soft_targets
+from bandistill.soft_targets import open_soft_targets
 from bandistill.dump import DumpInterrupted, LogitDump, dump_logits, is_complete
 from bandistill.errors import UserError
 from bandistill.inference import predict_logits

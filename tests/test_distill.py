@@ -15,7 +15,9 @@ from bandistill.cache import schema
 from bandistill.checkpoint import load_checkpoint
 from bandistill.identity import cache_digest, checkpoint_digest
 from conftest import run_cli
-from bandistill.distill import lineage_chain, open_soft_targets, view_schedule
+from bandistill.checkpoint import lineage_chain
+from bandistill.soft_targets import open_soft_targets
+from bandistill.views import view_schedule
 from bandistill.dump import DumpInterrupted, dump_logits
 from bandistill.losses import LOSSES
 from bandistill.train import TrainConfig, TrainRun, train
@@ -104,7 +106,7 @@ def test_memory_and_streaming_modes_serve_the_same_targets(cache, digits):
     for epoch in range(9):
         assert torch.equal(mem.epoch_params(epoch), stream.epoch_params(epoch))
         assert torch.equal(mem.batch_logits(epoch, idx), stream.batch_logits(epoch, idx))
-        assert stream._logits.shape == (digits.num_train, digits.num_classes)  # one view resident
+        assert stream._table.parts[0].shape == (digits.num_train, digits.num_classes)  # one view resident
     assert mem.batch_logits(0, idx).dtype == torch.float32
 
 
