@@ -39,6 +39,9 @@ EVALUATION_FILE = "evaluation.json"
 OPTIONS_FILE = "ban.json"
 #: Where superseded outputs are moved (one folder per re-run that superseded something).
 SUPERSEDED_DIR = "superseded"
+from bandistill.views import ViewPlan, ViewPolicy, generation0_views_seen
+#: The view plan of every student's cache, chosen from benchmarks/cache_fidelity.py (see the README).
+DEFAULT_VIEWS = "epochs"
 #: Options that never change a stage's result (where things run, how much memory they may use).
 NON_RESULT_KEYS = ("device", "data_dir", "download", "cache_memory_budget_gb", "teacher_logits", "transfer_ends_from")
 
@@ -50,7 +53,8 @@ class BanOptions:
     model: str
     dataset: str
     generations: int = 3
-    views: int = 4
+    views: int | str = DEFAULT_VIEWS
+    top_k: int = 0
     student_model: str | None = None
     transfer_ends: bool = False
     data_dir: str | None = None
@@ -76,8 +80,14 @@ class BanOptions:
         self.student_model = validate_model_name(self.student_model) if self.student_model else None
         if self.generations < 1:
             raise UserError(f"--generations must be at least 1, got {self.generations}")
-        if self.views < 1:
-            raise UserError(f"--views must be at least 1, got {self.views}")
+        # "4" (from the command line) and 4 (from Python or an older ban.json) are the same plan
+        self.views = int(self.views) if str(self.views).strip().isdigit() else str(self.views).strip().lower()
+        try:
+            ViewPlan.parse(self.views, ViewPolicy(), epochs=self.epochs)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if self.top_k < 0:
+            raise UserError(f"--top-k must be 0 (full rows) or a positive number of classes, got {self.top_k}")
         if self.repeats < 1:
             raise UserError(f"--repeats must be at least 1, got {self.repeats}")
         if self.epochs < 1:
@@ -278,9 +288,10 @@ class Chain:
                 cache = self.root / "cache" / f"gen{k - 1}.h5"
                 teacher_ckpt = checkpoints[-1]
                 dump_sig = {"teacher": self.digest(f"gen{k - 1}.train", teacher_ckpt), "views": o.views,
-                            "dtype": o.dtype, "seed": self.seed + k - 1, "dataset_fingerprint": fingerprint}
+                            "dtype": o.dtype, "seed": self.seed + k - 1, "dataset_fingerprint": fingerprint,
+                            "top_k": o.top_k or None, "epochs": o.epochs if str(o.views) == "epochs" else None}
                 dump_args = dict(checkpoint=str(teacher_ckpt), dataset=o.dataset, out=str(cache), views=o.views,
-                                 data_dir=o.data_dir, seed=self.seed + k - 1, dtype=o.dtype, device=o.device,
+                                 top_k=o.top_k, epochs=o.epochs, data_dir=o.data_dir, seed=self.seed + k - 1, dtype=o.dtype, device=o.device,
                                  overwrite=False)
                 self.stage(
                     f"gen{k - 1}.dump", dump_sig, [cache],
@@ -324,6 +335,7 @@ class Chain:
         data["network"] = network_label(o)
         data["parameters"] = parameters_of(o, ds.num_classes, ds.in_channels)
         data["seed"] = self.seed
+        data["views_seen"] = views_seen(o, ds.view_policy)
         data["train_reported"] = [load_checkpoint(self.root / f"gen{k}" / MODEL_FILE)["metrics"]["test_accuracy"]
                                   for k in range(len(onnx_files))]
         save_merged_onnx(onnx_files, bane)  # every generation, as `bandistill ensemble --onnx gen*.onnx`
@@ -334,6 +346,21 @@ class Chain:
 def _summary(result: Any) -> Any:
     """What a stage records in the manifest: its JSON-able summary."""
     return json.loads(json.dumps(result, default=str)) if result is not None else None
+
+
+def views_seen(o: BanOptions, policy: ViewPolicy) -> dict[str, Any]:
+    """Views per training image over a generation: generation 0's fresh draws against the students' cache."""
+    plan = ViewPlan.parse(o.views, policy, epochs=o.epochs)
+    return {"space": policy.num_distinct, "views": plan.label, "gen0": generation0_views_seen(policy, o.epochs),
+            "students": plan.views_seen(policy, o.epochs)}
+
+
+def views_note(seen: dict[str, Any]) -> str:
+    """One sentence: how many views per image the students saw against generation 0."""
+    g, s = seen["gen0"], seen["students"]
+    return (f"Views per training image over a generation: generation 0 drew {g['draws']:.0f} "
+            f"(about {g['distinct']:.1f} distinct of the {seen['space']} the view policy makes); the students, "
+            f"from caches of --views {seen['views']}, {s['draws']:.0f} (about {s['distinct']:.1f} distinct).")
 
 
 def network_label(o: BanOptions) -> str:
@@ -485,5 +512,7 @@ def build_report(out: str | Path) -> dict[str, Any]:
     for c in chains:
         by_network.setdefault(c["network"], []).append(c)
     rows = [aggregate(name, group[0]["parameters"], group) for name, group in by_network.items()]
-    files = write_report(out, rows, extra={"seeds": [c["seed"] for c in chains]})
-    return {"rows": rows, "files": files, "markdown": markdown(rows)}
+    seen = chains[0].get("views_seen")
+    notes = [views_note(seen)] if seen else []
+    files = write_report(out, rows, extra={"seeds": [c["seed"] for c in chains], "views_seen": seen}, notes=notes)
+    return {"rows": rows, "files": files, "markdown": markdown(rows, notes=notes), "notes": notes}

@@ -73,7 +73,7 @@ def format_cell(value: dict[str, Any], fig: str) -> str:
     return text
 
 
-def markdown(rows: Sequence[dict[str, Any]], title: str = "Born-again run") -> str:
+def markdown(rows: Sequence[dict[str, Any]], title: str = "Born-again run", notes: Sequence[str] = ()) -> str:
     """The report as Markdown: one table per figure, one row per network."""
     lines = [f"# {title}", ""]
     titles = {"error": "Test error %", "nll": "Test NLL", "ece": "Expected calibration error (15 bins)"}
@@ -88,6 +88,8 @@ def markdown(rows: Sequence[dict[str, Any]], title: str = "Born-again run") -> s
     lines += ["Ens*k averages the probabilities of BAN-1 .. BAN-k (the paper's convention, without the baseline);",
               f"{rows[0]['columns'][-1]} averages every generation including the baseline.", ""]
     lines.append(noise_note(rows[0]))
+    for note in notes:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -129,10 +131,11 @@ def plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def write_report(out: str | os.PathLike, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, str]:
+def write_report(out: str | os.PathLike, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None,
+                 notes: Sequence[str] = ()) -> dict[str, str]:
     """Write report.md, report.json and report.png into ``out``; return their paths."""
     out = Path(out)
-    md = markdown(rows)
+    md = markdown(rows, notes=notes)
     data = {"rows": list(rows), "note": noise_note(rows[0]), **(extra or {})}
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(md))
     atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=_json_default)))

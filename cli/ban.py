@@ -7,7 +7,7 @@ from click.core import ParameterSource
 
 from bandistill.cli.output import print_json, print_report_table
 from bandistill.cli.train import LOSSES
-from bandistill.pipeline import ban_options, run_ban
+from bandistill.pipeline import DEFAULT_VIEWS, ban_options, run_ban
 from bandistill.progress import stderr_console
 
 
@@ -19,7 +19,11 @@ from bandistill.progress import stderr_console
 @click.option("--dataset", default=None, help="cifar10, cifar100, imagefolder or digits.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--generations", type=int, default=3, show_default=True, help="Born-again generations after gen0.")
-@click.option("--views", type=int, default=4, show_default=True, help="Augmented views cached per sample.")
+@click.option("--views", default=DEFAULT_VIEWS, show_default=True,
+              help="Views cached per sample: 'epochs' (one per student epoch), 'all' (the view policy's whole "
+                   "space) or K (cycled).")
+@click.option("--top-k", type=int, default=0, show_default=True,
+              help="Cache each row's k largest logits and log-sum-exp instead of the full row (0: full rows).")
 @click.option("--epochs", type=int, default=200, show_default=True, help="Epochs per generation.")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.1, show_default=True)
@@ -53,4 +57,6 @@ def command(ctx: click.Context, out: str, supersede: bool, as_json: bool, **opts
         print_json({k: result[k] for k in ("out", "stages_run", "rows", "files")})
     else:
         print_report_table(result["rows"])
+        for note in result.get("notes", []):
+            click.echo(note)
         click.echo(f"report: {result['files']['report.md']}")

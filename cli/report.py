@@ -18,4 +18,6 @@ def command(run_dir: str, as_json: bool) -> None:
         print_json({"rows": result["rows"], "files": result["files"]})
     else:
         print_report_table(result["rows"])
+        for note in result.get("notes", []):
+            click.echo(note)
         click.echo(f"report: {result['files']['report.md']}")

@@ -59,6 +59,10 @@ def test_ban_runs_skips_and_regenerates_its_report(tmp_path):
     result = CliRunner().invoke(cli, ["report", str(out)])
     assert result.exit_code == 0, result.output
     assert "BAN-2" in result.stdout and "seed noise" in result.stdout.replace("\n", " ")
+    # the report says how many views per image the students saw against generation 0 (digits: 9 in all)
+    note = "generation 0 drew 2 (about 1.9 distinct of the 9 the view policy makes); the students, from caches of --views 2, 2"
+    assert note in (out / "report.md").read_text().replace("\n", " ")
+    assert note in result.stdout.replace("\n", " ")
     assert json.loads((out / "report.json").read_text())["rows"] == json.loads(json.dumps(first["rows"]))
 
 
@@ -230,7 +234,8 @@ def test_repeats_report_mean_and_std(tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--generations", "0"], "--generations must be at least 1"),
-    (["--views", "0"], "--views must be at least 1"),
+    (["--views", "0"], "--views must be a positive integer, 'epochs' or 'all'"),
+    (["--views", "some"], "--views must be a positive integer"),
     (["--model", "wrn-27-10"], "wrn-27-10"),
     (["--transfer-ends"], "--transfer-ends needs --student-model"),
     # checked before any stage runs (they used to surface only in gen1.train or gen0.export, after a
