@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from bandistill.cache.schema import partial_path
+from bandistill.cache.schema import check_top_k, partial_path
 from bandistill.checkpoint import atomic_write, load_checkpoint
 from bandistill.data import ImageDataset, load_dataset
 from bandistill.errors import UserError
@@ -34,12 +34,12 @@ from bandistill.manifest import CHANGED, DONE, MANIFEST_FILE, NEW, RESUME, Manif
 from bandistill.models import build_model, count_parameters, validate_model_name
 from bandistill.sharded_dump import all_shard_files
 from bandistill.train import MODEL_FILE, TrainConfig
+from bandistill.views import ViewPlan, ViewPolicy, generation0_views_seen
 
 EVALUATION_FILE = "evaluation.json"
 OPTIONS_FILE = "ban.json"
 #: Where superseded outputs are moved (one folder per re-run that superseded something).
 SUPERSEDED_DIR = "superseded"
-from bandistill.views import ViewPlan, ViewPolicy, generation0_views_seen
 #: The view plan of every student's cache, chosen from benchmarks/cache_fidelity.py (see the README).
 DEFAULT_VIEWS = "epochs"
 #: Options that never change a stage's result (where things run, how much memory they may use).
@@ -387,6 +387,7 @@ def run_ban(opts: BanOptions, out: str | Path, *, supersede: bool = False, progr
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a folder")
     dataset = load_dataset(opts.dataset, opts.data_dir)
+    check_top_k(opts.top_k, dataset.num_classes)  # needs the class count; before anything is written or moved
     if opts.transfer_ends:
         from bandistill.transfer import check_transferable
 

@@ -52,7 +52,8 @@ STEP_GAMMA = 0.2
 RESUME_FREE_KEYS = ("device", "data_dir", "download", "cache_memory_budget_gb", "compile", "eval_every")
 
 #: TrainConfig fields newer than the first recorded runs, with the default they are left out at.
-ADDED_LATER = {"sync_bn": False, "compile": "auto", "eval_every": 1}
+ADDED_LATER = {"sync_bn": False, "compile": "auto", "eval_every": 1, "teacher_checkpoint": None, "views": None,
+               "view_seed": None}
 
 
 @dataclass

@@ -245,6 +245,7 @@ def test_repeats_report_mean_and_std(tmp_path):
     (["--opset", "3"], "--opset 3 is out of range"),
     (["--lr", "0"], "--lr must be a positive finite number"),
     (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+    (["--top-k", "10"], "--top-k must be 0 (full rows) or between 1 and 9 for 10 classes"),
 ])
 def test_ban_refuses_bad_options(tmp_path, args, fragment):
     base = {"--model": "resnet-20", "--dataset": "digits", "--out": str(tmp_path / "x")}
