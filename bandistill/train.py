@@ -256,7 +256,7 @@ class TrainRun:
                     "from, or another --out"
                 )
             raise UserError(
-                f"cannot resume {self.out}: it was started with {k}={saved.get(k)!r}, not {mine[k]!r}; "
+                f"cannot resume {self.out}: it was started with {k}={saved.get(k)!r}, not {mine.get(k)!r}; "
                 "use the same options or another --out"
             )
         if state["dataset"]["fingerprint"] != self.dataset.fingerprint:

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import multiprocessing
 import statistics
 import sys
 import time
@@ -49,6 +51,30 @@ from bandistill.soft_targets import open_soft_targets  # noqa: E402
 from bandistill.train import MODEL_FILE, TrainConfig, train  # noqa: E402
 from bandistill.views import ViewPlan, generation0_views_seen  # noqa: E402
 from step_cost import interleaved_step_costs  # noqa: E402
+
+
+def train_one(name: str, config: dict[str, Any], folder: str, final_only: bool) -> tuple[str, dict[str, Any], float]:
+    """One student (or generation-0) run, resumable; in a worker process when --workers > 1.
+
+    ``final_only``: evaluate on the test split after the last epoch only (the figure reported
+    is the last epoch's either way; it saves a forward pass over the test split per epoch).
+    """
+    from bandistill.train import TrainRun
+
+    torch.set_num_threads(1)
+    if final_only and not getattr(TrainRun, "_final_only", False):
+        evaluate = TrainRun._evaluate
+
+        def last_epoch_only(self, *args, **kwargs):
+            if len(self.history) + 1 < self.config.epochs:
+                return {"test_accuracy": math.nan, "test_loss": math.nan}
+            return evaluate(self, *args, **kwargs)
+
+        TrainRun._evaluate = last_epoch_only
+        TrainRun._final_only = True
+    t0 = time.perf_counter()
+    res = train(TrainConfig.from_dict(config), folder, resume=True, progress=False)
+    return name, res, time.perf_counter() - t0
 
 DEFAULT_DATA = ("../shared/data/imagenette-32", "/work/shared/data/imagenette-32")
 
@@ -98,6 +124,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--top-k", type=int, nargs=2, default=(1, 3), help="the two k of the top-k arms")
     ap.add_argument("--arms", default="gen0,live,K=4,epochs,all,top-k", help="comma-separated subset of the arms")
     ap.add_argument("--step-cost-steps", type=int, default=20, help="interleaved steps per arm (0: skip)")
+    ap.add_argument("--workers", type=int, default=1, help="student runs trained side by side (one thread each)")
+    ap.add_argument("--eval-every-epoch", action="store_true",
+                    help="evaluate students after every epoch (default: after the last only)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
@@ -166,18 +195,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             raise SystemExit(f"unknown arm {arm!r}")
 
-    rows = []
+    jobs = []  # (arm, seed, run name, config)
     for label, extras, c in arm_specs:
-        errors = []
         seeds = list(range(args.seeds)) if label == "gen0" else student_seeds
         for seed in seeds:
-            if label == "gen0" and seed == 0:
-                res = teacher
-            else:
-                config = TrainConfig(**base, seed=seed, **extras,
-                                     **({"teacher_logits": str(c["path"])} if c else {}))
-                res = run(f"{label.replace(' ', '-').replace('=', '')}-seed{seed}", config)
-            errors.append(100 * (1 - res["test_accuracy"]))
+            if not (label == "gen0" and seed == 0):
+                config = TrainConfig(**base, seed=seed, **extras, **({"teacher_logits": str(c["path"])} if c else {}))
+                jobs.append((label, seed, f"{label.replace(' ', '-').replace('=', '')}-seed{seed}", config.to_dict()))
+    results: dict[tuple[str, int], dict[str, Any]] = {("gen0", 0): teacher}
+    final_only = not args.eval_every_epoch
+    if args.workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(train_one, name, cfg, str(out / "runs" / name), final_only): (label, seed)
+                       for label, seed, name, cfg in jobs}
+            for fut in futures:
+                name, res, seconds = fut.result()
+                results[futures[fut]] = res
+                log(f"  {name}: test error {100 * (1 - res['test_accuracy']):.2f}% ({seconds:.0f} s)")
+    else:
+        for label, seed, name, cfg in jobs:
+            name, res, seconds = train_one(name, cfg, str(out / "runs" / name), final_only)
+            results[(label, seed)] = res
+            log(f"  {name}: test error {100 * (1 - res['test_accuracy']):.2f}% ({seconds:.0f} s)")
+
+    rows = []
+    for label, extras, c in arm_specs:
+        seeds = list(range(args.seeds)) if label == "gen0" else student_seeds
+        errors = [100 * (1 - results[(label, seed)]["test_accuracy"]) for seed in seeds]
         mean, std = mean_std(errors)
         if label == "gen0":
             seen = generation0_views_seen(ds.view_policy, args.epochs)

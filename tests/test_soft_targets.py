@@ -266,3 +266,15 @@ def test_live_teacher_of_other_data_is_refused(digits_teacher, cifar10_dir, tmp_
     with pytest.raises(UserError, match="was trained on digits"):
         TrainRun(TrainConfig(model="resnet-20", dataset="cifar10", data_dir=str(cifar10_dir), epochs=1,
                              device="cpu", teacher_checkpoint=str(digits_teacher)), tmp_path / "s", progress=False)
+
+
+def test_a_live_teacher_run_resumes_by_the_teacher_it_started_with(digits_teacher, epochs_cache, tmp_path):
+    config = dict(model="resnet-20", dataset="digits", epochs=1, device="cpu", batch_size=512)
+    live = TrainConfig(**config, teacher_checkpoint=str(digits_teacher))
+    first = train(live, tmp_path / "live", progress=False)
+    moved = tmp_path / "teacher.pt"  # the same teacher under another path resumes
+    moved.write_bytes(digits_teacher.read_bytes())
+    again = train(TrainConfig(**config, teacher_checkpoint=str(moved)), tmp_path / "live", resume=True, progress=False)
+    assert again["test_accuracy"] == first["test_accuracy"]
+    with pytest.raises(UserError, match="cannot resume"):  # a cache is not the live teacher it started with
+        train(TrainConfig(**config, teacher_logits=str(epochs_cache)), tmp_path / "live", resume=True, progress=False)
