@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import statistics
 import sys
@@ -59,19 +58,9 @@ def train_one(name: str, config: dict[str, Any], folder: str, final_only: bool) 
     ``final_only``: evaluate on the test split after the last epoch only (the figure reported
     is the last epoch's either way; it saves a forward pass over the test split per epoch).
     """
-    from bandistill.train import TrainRun
-
     torch.set_num_threads(1)
-    if final_only and not getattr(TrainRun, "_final_only", False):
-        evaluate = TrainRun._evaluate
-
-        def last_epoch_only(self, *args, **kwargs):
-            if len(self.history) + 1 < self.config.epochs:
-                return {"test_accuracy": math.nan, "test_loss": math.nan}
-            return evaluate(self, *args, **kwargs)
-
-        TrainRun._evaluate = last_epoch_only
-        TrainRun._final_only = True
+    if final_only:
+        config = {**config, "eval_every": config["epochs"]}
     t0 = time.perf_counter()
     res = train(TrainConfig.from_dict(config), folder, resume=True, progress=False)
     return name, res, time.perf_counter() - t0
