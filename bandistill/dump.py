@@ -331,7 +331,7 @@ class LogitDump:
         free = shutil.disk_usage(folder).free
         need = self.estimate["total"]
         if need > free:
-            smaller = "--top-k or fewer --views" if self.dtype == "float16" else "--dtype float16, --top-k or fewer --views"
+            smaller = "fewer --views or --top-k" if self.dtype == "float16" else "--dtype float16, fewer --views or --top-k"
             raise UserError(f"the cache needs {schema.human_bytes(need)} but {folder} has "
                             f"{schema.human_bytes(free)} free; free space or use {smaller}")
 

@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The README's demo command (tests/test_packaging.py keeps the two the same).
-DEMO="ban --model resnet-20 --dataset digits --generations 3 --views 9 --epochs 30 --out runs/demo"
+DEMO="ban --model resnet-20 --dataset digits --generations 3 --epochs 30 --out runs/demo"
 OFFICIAL_BASE=python:3.11-slim-bookworm
 LOCAL_BASE=bandistill-base:bookworm
 
