@@ -1,21 +1,28 @@
 """BANE inference throughput: one merged ONNX graph vs. N separate sessions vs. the PyTorch models.
 
-Measured side by side in one process, on the same images, batch size and threads, the
-three ways round-robin repeat by repeat (so drift in the machine's load hits all alike),
-and reported as the median images/s of each and as ratios to the N separate sessions:
+Measured side by side in one process, on the same images, batch size and threads, the ways
+round-robin repeat by repeat (so drift in the machine's load hits all alike), and reported
+as the median images/s of each and as ratios to the N separate sessions and to PyTorch:
 
-    python benchmarks/ensemble_throughput.py                             # 3 resnet-20 on CIFAR-shaped images
+    python benchmarks/ensemble_throughput.py --threads 1                 # 3 resnet-20 on CIFAR-shaped images
     python benchmarks/ensemble_throughput.py --onnx runs/onnx/gen*.onnx --json  # your generations
 
-* merged:   ``save_merged_onnx`` -- one onnxruntime session running every member, the
-            softmaxes and the mean (what ``bandistill ensemble --save-onnx`` writes);
-* separate: one onnxruntime session per member, probabilities averaged in NumPy (what
-            ``bandistill ensemble`` does);
-* pytorch:  the members' checkpoints (found through the ``bandistill.checkpoint`` metadata),
-            normalise + forward + softmax + mean in float32 under ``torch.inference_mode``.
+* merged:       ``save_merged_onnx`` -- one onnxruntime session running every member, the
+                softmaxes and the mean (what ``bandistill ensemble --save-onnx`` writes), through
+                IO binding: the images are on the session's device before timing, batches are
+                bound in place, outputs gathered on the device (``run_bound``);
+* merged_graph: the same at a fixed batch as an onnxruntime CUDA graph (CUDA only);
+* merged_run:   the merged session through plain ``session.run`` on host NumPy batches (what
+                IO binding saves: per-batch host copies);
+* separate:     one session per member through IO binding, probabilities averaged on the host
+                (what ``bandistill ensemble`` does);
+* pytorch:      the members' checkpoints (found through the ``bandistill.checkpoint`` metadata),
+                normalise + forward + softmax + mean under ``torch.inference_mode``, channels_last,
+                bf16 autocast on CUDA (float32 on the CPU), images on the device before timing.
 
 Without ``--onnx`` the members are freshly initialised networks (throughput does not
-depend on the weights), exported exactly like ``bandistill export`` does.
+depend on the weights), exported exactly like ``bandistill export`` does. On a shared
+machine pass ``--threads`` so onnxruntime and PyTorch use the same number of threads.
 """
 
 from __future__ import annotations
@@ -33,12 +40,15 @@ import torch
 
 from bandistill.checkpoint import load_checkpoint, model_from_checkpoint, normalization, save_checkpoint
 from bandistill.data import ImageDataset, load_dataset
-from bandistill.device import resolve_device
+from bandistill.device import autocast, resolve_device
+from bandistill.errors import UserError
 from bandistill.bane import combine, to_log_probs
 from bandistill.models import build_model
 from bandistill.onnx.members import load_members
 from bandistill.onnx.merge import save_merged_onnx
-from bandistill.onnx.runtime import create_session, provider_name, resolve_providers, run_batched
+from bandistill.onnx.runtime import (
+    create_session, provider_name, resolve_providers, run_batched, run_bound, session_device, session_provider,
+)
 from bandistill.views import ViewPolicy, normalize
 
 
@@ -84,7 +94,7 @@ def demo_members(folder: Path, model: str, ds: ImageDataset, members: int) -> li
 
 
 class TorchEnsemble:
-    """The members as PyTorch modules: normalise, forward, softmax, mean (float32)."""
+    """The members as PyTorch modules: normalise, forward, softmax, mean (bf16 autocast on CUDA)."""
 
     def __init__(self, checkpoints: list[Path], device: torch.device) -> None:
         self.device = device
@@ -103,12 +113,12 @@ class TorchEnsemble:
             x = images[start : start + batch_size].to(self.device, non_blocking=True)
             probs = None
             for net, (mean, std) in zip(self.nets, self.norms):
-                p = torch.softmax(net(normalize(x, mean, std).contiguous(memory_format=torch.channels_last)), dim=1)
+                with autocast(self.device):
+                    logits = net(normalize(x, mean, std).contiguous(memory_format=torch.channels_last))
+                p = torch.softmax(logits.float(), dim=1)
                 probs = p if probs is None else probs + p
-            out.append((probs / len(self.nets)).float().cpu())
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        return torch.cat(out).numpy()
+            out.append(probs / len(self.nets))
+        return torch.cat(out).cpu().numpy()  # one host copy (and sync) at the end
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,22 +162,29 @@ def main(argv: list[str] | None = None) -> int:
                      batch_size=args.batch_size)
     merged = create_session(merged_path, args.provider, threads=args.threads)
     separate = [create_session(p, args.provider, threads=args.threads) for p in paths]
+    on_device = images.to(session_device(merged))  # "images go to the device once", before timing
     checkpoints = [Path(m.metadata.get("checkpoint", "")) for m in members]
     torch_ens = TorchEnsemble(checkpoints, device) if all(c.is_file() for c in checkpoints) else None
-
-    def run_merged() -> np.ndarray:
-        return run_batched(merged, images_np, batch_size=args.batch_size)
+    torch_images = images.to(device)
 
     def run_separate() -> np.ndarray:
-        outs = [run_batched(s, images_np, batch_size=args.batch_size) for s in separate]
+        outs = [run_bound(s, on_device, batch_size=args.batch_size) for s in separate]
         return combine([to_log_probs(o, m.output) for o, m in zip(outs, members)])
 
-    def run_torch() -> np.ndarray:
-        return torch_ens(images, args.batch_size)
-
-    ways = {"merged": run_merged, "separate": run_separate}
+    ways = {
+        "merged": lambda: run_bound(merged, on_device, batch_size=args.batch_size),
+        "merged_run": lambda: run_batched(merged, images_np, batch_size=args.batch_size),
+        "separate": run_separate,
+    }
+    notes = []
+    if session_provider(merged) == "cuda":
+        try:
+            graph = create_session(merged_path, args.provider, threads=args.threads, cuda_graph=True)
+            ways["merged_graph"] = lambda: run_bound(graph, on_device, batch_size=args.batch_size, static=True)
+        except UserError as exc:  # e.g. some nodes stay on the CPU provider: no capture
+            notes.append(f"merged_graph skipped: {exc}")
     if torch_ens is not None:
-        ways["pytorch"] = run_torch
+        ways["pytorch"] = lambda: torch_ens(torch_images, args.batch_size)
     outputs = {name: fn() for name, fn in ways.items()}  # warm-up, and the outputs compared below
     setup_s = time.perf_counter() - t_setup
     times: dict[str, list[float]] = {name: [] for name in ways}
@@ -180,15 +197,18 @@ def main(argv: list[str] | None = None) -> int:
     n = int(images_np.shape[0])
     results = []
     base = statistics.median(times["separate"])
+    eager = statistics.median(times["pytorch"]) if "pytorch" in times else None
     for name in ways:
         med = statistics.median(times[name])
         results.append({
             "way": name,
-            "calls_per_batch": 1 if name == "merged" else len(paths),
+            "calls_per_batch": 1 if name.startswith("merged") else len(paths),
             "images_per_s": n / med,
             "median_s": med,
+            "min_s": min(times[name]),
             "ms_per_batch": 1000 * med / max(1, -(-n // args.batch_size)),
             "speed_vs_separate": base / med,
+            "speed_vs_pytorch": None if eager is None else eager / med,
             "max_abs_prob_diff_vs_separate": float(np.max(np.abs(outputs[name] - outputs["separate"]))),
         })
     report = {
@@ -199,24 +219,29 @@ def main(argv: list[str] | None = None) -> int:
         "images": n,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
-        "provider": provider_name(providers),
+        "provider": session_provider(merged),
+        "torch_autocast": "bf16" if device.type == "cuda" else "none (float32)",
         "torch_device": str(device),
         "threads": args.threads or "default",
         "setup_s": setup_s,
         "results": results,
     }
     if torch_ens is None:
-        report["note"] = "pytorch skipped: the members' checkpoints (bandistill.checkpoint metadata) are not here"
+        notes.append("pytorch skipped: the members' checkpoints (bandistill.checkpoint metadata) are not here")
+    if notes:
+        report["note"] = "; ".join(notes)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"{len(paths)} members ({', '.join(sorted(set(report['models'])))}) on {n} {ds.name} images "
               f"{report['image_shape']}, batch {args.batch_size}, onnxruntime on {report['provider']}, "
               f"torch on {device}, median of {args.repeats}")
-        print(f"{'way':<10}{'calls/batch':>12}{'images/s':>12}{'ms/batch':>10}{'x separate':>12}{'max |Δp|':>11}")
+        print(f"{'way':<13}{'calls/batch':>12}{'images/s':>12}{'ms/batch':>10}{'x separate':>12}{'x pytorch':>11}"
+              f"{'max |Δp|':>11}")
         for r in results:
-            print(f"{r['way']:<10}{r['calls_per_batch']:>12}{r['images_per_s']:>12.1f}{r['ms_per_batch']:>10.2f}"
-                  f"{r['speed_vs_separate']:>12.2f}{r['max_abs_prob_diff_vs_separate']:>11.1e}")
+            vs_torch = "" if r["speed_vs_pytorch"] is None else f"{r['speed_vs_pytorch']:.2f}"
+            print(f"{r['way']:<13}{r['calls_per_batch']:>12}{r['images_per_s']:>12.1f}{r['ms_per_batch']:>10.2f}"
+                  f"{r['speed_vs_separate']:>12.2f}{vs_torch:>11}{r['max_abs_prob_diff_vs_separate']:>11.1e}")
         if "note" in report:
             print(report["note"])
     work.cleanup()

@@ -76,6 +76,19 @@ def load_split(members: Sequence[OnnxMember], dataset=None, *, data_dir=None, sp
     return ds, images, labels, warnings
 
 
+def named_ensembles(members: Sequence[OnnxMember], log_probs: Sequence[np.ndarray], labels: np.ndarray,
+                    average: str) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The paper's ensembles of the members (Ens*k, Ens(0..k): :func:`bandistill.bane.ensemble_probs`,
+    as the born-again report computes them) with their figures, and the whole BANE's probabilities."""
+    named = ensemble_probs(log_probs, [m.generation for m in members], average)
+    rows = [{"name": ens.name, "members": len(ens.members), "with_teacher": ens.with_teacher,
+             "prefix": ens.members == tuple(range(len(ens.members))),  # the first k members
+             "names": [members[i].name for i in ens.members], **classification_metrics(p, labels)}
+            for ens, p in named]
+    whole = named[-1][1] if named else np.exp(log_probs[0])  # the last one is every member
+    return rows, whole
+
+
 def evaluate_ensemble(
     onnx_paths: Iterable[str | os.PathLike],
     dataset=None,
@@ -138,15 +151,10 @@ def evaluate_ensemble(
         if m.test_accuracy is not None:
             row["train_reported_accuracy"] = m.test_accuracy
         member_rows.append(row)
-    # the paper's ensembles (Ens*k, Ens(0..k)), the same function as the born-again report
-    named = ensemble_probs(log_probs, [m.generation for m in members], average)
-    ensembles = [{"name": ens.name, "members": len(ens.members), "with_teacher": ens.with_teacher,
-                  "names": [members[i].name for i in ens.members], **classification_metrics(p, labels_np)}
-                 for ens, p in named]
-    prefixes = [row for row, (ens, _) in zip(ensembles, named) if ens.members == tuple(range(len(ens.members)))]
-    probs = named[-1][1] if named else np.exp(log_probs[0])  # the whole BANE (the last is every member)
-    whole = dict(ensembles[-1]) if ensembles else {"name": members[0].name, "members": 1, "names": [members[0].name],
-                                                   **classification_metrics(probs, labels_np)}
+    ensembles, probs = named_ensembles(members, log_probs, labels_np, average)
+    prefixes = [e for e in ensembles if e["prefix"]]
+    whole = dict(ensembles[-1]) if ensembles else {"name": members[0].name, "members": 1, "prefix": True,
+                                                   "names": [members[0].name], **classification_metrics(probs, labels_np)}
     whole["label"] = f"BANE ({whole['name']})"
     result: dict[str, Any] = {
         "dataset": ds.name,
