@@ -34,7 +34,7 @@ from bandistill.checkpoint import (
 from bandistill.errors import UserError, VerificationError
 from bandistill.identity import checkpoint_identity
 from bandistill.onnx.meta import (
-    BATCH_DIM, DEFAULT_OPSET, FORMAT, FORMAT_VERSION, INPUT_NAME, MAX_PROTO_BYTES, OUTPUT_NAME, check_opset,
+    BATCH_DIM, DEFAULT_OPSET, FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, check_model, check_opset,
     check_replaceable, input_description, model_opset, set_metadata,
 )
 
@@ -261,12 +261,7 @@ def export_checkpoint(
             f"({metadata['num_classes']} classes). {metadata['input']} Output logits: float32 (batch, classes)."
         )
         model.graph.name = f"bandistill_gen{metadata['generation']}_{metadata['model']}".replace("-", "_")
-        if model.ByteSize() > MAX_PROTO_BYTES:
-            raise UserError(f"{ckpt_path} is too large for a single-file ONNX model (over 2 GB)")
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except onnx.checker.ValidationError as exc:
-            raise VerificationError(f"onnx.checker rejects the export of {ckpt_path}: {str(exc).splitlines()[0]}") from exc
+        check_model(model, f"the export of {ckpt_path}")
         onnx.save(model, tmp)
         try:
             parity.update(check_parity(tmp, images, reference, tolerance))

@@ -29,7 +29,7 @@ from bandistill.errors import UserError, VerificationError
 from bandistill.metrics import PROB_FLOOR, classification_metrics
 from bandistill.onnx.members import OnnxMember, load_members, member_log_probs
 from bandistill.onnx.meta import (
-    BATCH_DIM, FORMAT, INPUT_NAME, MAX_PROTO_BYTES, check_replaceable, load_model, model_opset, set_metadata,
+    BATCH_DIM, FORMAT, INPUT_NAME, check_model, check_replaceable, load_model, model_opset, set_metadata,
 )
 
 MERGED_OUTPUT = "probs"
@@ -190,12 +190,7 @@ def save_merged_onnx(
     if any(m.path.resolve() == out.resolve() for m in members):
         raise UserError(f"--save-onnx {out} is one of the members; write the ensemble to another file")
     model = merge_members(members, average)
-    if model.ByteSize() > MAX_PROTO_BYTES:
-        raise UserError(f"the {len(members)} members are too large for one single-file ONNX graph (over 2 GB)")
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise VerificationError(f"onnx.checker rejects the merged ensemble: {str(exc).splitlines()[0]}") from exc
+    check_model(model, f"the merged ensemble of {len(members)} members")
     source = "given images"
     if check_images is None:
         rng = np.random.default_rng(0)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import onnx  # the library, not this package (absolute imports)
 
-from bandistill.errors import UserError
+from bandistill.errors import UserError, VerificationError
 
 FORMAT = "bandistill-onnx"
 FORMAT_VERSION = 1
@@ -45,6 +45,19 @@ DEFAULT_OPSET = 20
 MIN_OPSET = 7
 #: The biggest single-file ONNX model protobuf allows.
 MAX_PROTO_BYTES = 2**31 - 1
+
+
+def check_model(model: onnx.ModelProto, what: str) -> None:
+    """Refuse a graph that cannot be one ONNX file (over 2 GB: :class:`UserError`) or that
+    ``onnx.checker`` rejects (:class:`VerificationError`), before anything is written.
+
+    ``what`` names the model in the message, e.g. ``"the export of runs/gen0/model.pt"``."""
+    if model.ByteSize() > MAX_PROTO_BYTES:
+        raise UserError(f"{what} is too large for a single-file ONNX model (over 2 GB)")
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise VerificationError(f"onnx.checker rejects {what}: {str(exc).splitlines()[0]}") from exc
 
 
 # -- metadata ---------------------------------------------------------------------------------
