@@ -83,7 +83,10 @@ def _to_global(module: nn.Module) -> nn.Module:
         new.train(module.training)
         for p_new, p_old in zip(new.parameters(), module.parameters()):
             p_new.requires_grad_(p_old.requires_grad)  # frozen transferred ends stay frozen
-        return new.to(next(module.parameters(), torch.empty(0)).device)
+        like = next(module.parameters(), None)
+        if like is None:
+            like = next(module.buffers(), torch.empty(0))
+        return new.to(device=like.device, dtype=like.dtype)  # float64 stays float64 (num_batches_tracked stays int)
     for name, child in module.named_children():
         module.add_module(name, _to_global(child))
     return module

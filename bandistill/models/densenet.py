@@ -53,11 +53,19 @@ class Bottleneck(nn.Module):
         if update_stats:
             x = self.norm1(x)
         else:
-            # Recomputation during backward: the same op, but the running statistics it
-            # updates are throwaway copies, so the real ones are updated once per step.
+            # Recomputation during backward: the layer itself (plain, or synchronised across ranks
+            # under --sync-bn: the same ops, the same statistics as the first pass), but updating
+            # throwaway copies of its running statistics, so the real ones are updated once per step.
+            # The real buffers are swapped out, not written back: autograd saved them.
             n = self.norm1
-            mean, var = n.running_mean.clone(), n.running_var.clone()  # type: ignore[union-attr]
-            x = F.batch_norm(x, mean, var, n.weight, n.bias, training=True, eps=n.eps)
+            real = dict(n.named_buffers(recurse=False))
+            try:
+                for name, buf in real.items():
+                    setattr(n, name, buf.clone())
+                x = n(x)
+            finally:
+                for name, buf in real.items():
+                    setattr(n, name, buf)
         return self.conv1(F.relu(x))
 
     def forward_concatenated(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +104,7 @@ class DenseBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shared = x.device.type in SHARED_BUFFER_DEVICES and not self.layers[0].memory_efficient
         if shared and self.training and torch.is_grad_enabled():
-            params = [p for p in self.parameters() if p.requires_grad]
+            params = [p for layer in self.layers for p in layer.parameters() if p.requires_grad]
             return SharedBufferBlock.apply(x, self.layers, *params)
         features = [x]
         for layer in self.layers:
@@ -121,9 +129,12 @@ class SharedBufferBlock(torch.autograd.Function):
 
     ``forward`` builds a small autograd graph per layer (prefix of the buffer -> the layer's k
     new channels); ``backward`` walks the layers in reverse with one gradient buffer, running
-    each layer's graph once. Parameter gradients accumulate into ``.grad`` during that inner
-    pass (as in reentrant checkpointing), so the parameters are inputs only to tell autograd
-    that the block needs a backward even when ``x`` does not require a gradient.
+    each layer's graph once with :func:`torch.autograd.grad`, and *returns* the parameters'
+    gradients as the gradients of the Function's ``params`` inputs. So each parameter's gradient
+    reaches ``.grad`` once, through its own accumulation node, where DDP's hook fires once per
+    step; accumulating into ``.grad`` inside the inner pass (as reentrant checkpointing does)
+    would fire it twice ("Expected to mark a variable ready only once"). ``params`` must be the
+    trainable parameters of ``layers``, in ``layers.parameters()`` order.
     """
 
     @staticmethod
@@ -143,21 +154,24 @@ class SharedBufferBlock(torch.autograd.Function):
                 buf[:, c : c + growth].copy_(out.detach())
                 inputs.append(inp)
                 outputs.append(out)
-        ctx.inputs, ctx.outputs, ctx.c0, ctx.growth, ctx.num_params = inputs, outputs, c0, growth, len(params)
+        ctx.inputs, ctx.outputs, ctx.c0, ctx.growth = inputs, outputs, c0, growth
+        ctx.layer_params = [[p for p in layer.parameters() if p.requires_grad] for layer in layers]
         return buf
 
     @staticmethod
     def backward(ctx, grad_buf: torch.Tensor):
         grad = grad_buf.clone()
+        param_grads: list[tuple[torch.Tensor | None, ...]] = [()] * len(ctx.outputs)
         for i in reversed(range(len(ctx.outputs))):
             c = ctx.c0 + i * ctx.growth
-            inp = ctx.inputs[i]
             # the layer's k channels have all their gradient now: every later reader added its share
-            torch.autograd.backward(ctx.outputs[i], grad[:, c : c + ctx.growth])
-            grad[:, :c] += inp.grad
-            inp.grad = None
-        ctx.inputs = ctx.outputs = None
-        return (grad[:, : ctx.c0], None) + (None,) * ctx.num_params
+            got = torch.autograd.grad(ctx.outputs[i], [ctx.inputs[i], *ctx.layer_params[i]],
+                                      grad[:, c : c + ctx.growth], allow_unused=True)
+            grad[:, :c] += got[0]
+            param_grads[i] = got[1:]
+        ctx.inputs = ctx.outputs = ctx.layer_params = None
+        flat = [g for layer in param_grads for g in layer]
+        return (grad[:, : ctx.c0] if ctx.needs_input_grad[0] else None, None, *flat)
 
 
 class Transition(nn.Sequential):
