@@ -133,7 +133,8 @@ class TrainStep:
 
     Use: ``begin_epoch(params)``, then ``set_lr(lr)`` and ``step(idx, teacher)`` per batch,
     then ``end_epoch()`` for ``(mean loss, accuracy, samples)`` -- the one host sync of an epoch.
-    With ``capture``, full batches of ``batch_size`` replay one CUDA graph (module docstring).
+    With ``capture``, full batches of ``batch_size`` replay one CUDA graph (module docstring);
+    ``before_capture`` is called once, just before the capture (see :meth:`_capture`).
     """
 
     def __init__(
@@ -146,8 +147,10 @@ class TrainStep:
         capture: bool = False,
         batch_size: int = 0,
         teacher_classes: int | None = None,
+        before_capture: Callable[[], None] | None = None,
     ):
         self.model, self.optimizer, self.loss_fn, self.data = model, optimizer, loss_fn, data
+        self.before_capture = before_capture
         dev = data.images.device
         self.loss_sum = torch.zeros((), device=dev)
         self.correct = torch.zeros((), device=dev, dtype=torch.long)
@@ -205,10 +208,23 @@ class TrainStep:
             self._warm += 1
             return
         if self.graph is None:
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):  # records; runs nothing
-                self._eager(self._idx, self._teacher, loss_scale)
+            self._capture(loss_scale)
         self.graph.replay()
+
+    def _capture(self, loss_scale: float) -> None:
+        """Record the step as a CUDA graph (runs nothing).
+
+        Capture is global: while it lasts, a CUDA call that may synchronise (an event wait, freeing
+        pinned memory) from *any* thread of the process is an error. The checkpoint writer's thread
+        makes such calls, and with fewer than ``WARMUP_STEPS + 1`` full batches an epoch capture
+        falls in a later epoch, while a checkpoint may be in flight: ``before_capture`` (the
+        writer's ``wait``) lets it finish first.
+        """
+        if self.before_capture is not None:
+            self.before_capture()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._eager(self._idx, self._teacher, loss_scale)
 
     def _eager(self, idx: torch.Tensor, teacher: Teacher, loss_scale: float) -> None:
         train_step(self.model, self.optimizer, self.loss_fn, self.data, idx, teacher, self.loss_sum, self.correct,

@@ -269,10 +269,12 @@ class TrainRun:
         self.start_epoch = int(state["epoch"])
         self.history = [dict(h) for h in state["history"]]
 
-    def _checkpoint(self, epoch: int, final: bool) -> dict[str, Any]:
+    def _checkpoint(self, epoch: int, final: bool, on_host: bool = True) -> dict[str, Any]:
+        """The checkpoint dict; ``on_host=False`` leaves the weights on the device for
+        :class:`BackgroundWriter`, whose snapshot is then their one copy to the host."""
         ckpt = {
             "model": self.model_spec,
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "state_dict": {k: v.detach().cpu() if on_host else v.detach() for k, v in self.model.state_dict().items()},
             "dataset": {
                 "name": self.dataset.name,
                 "fingerprint": self.dataset.fingerprint,
@@ -325,11 +327,12 @@ class TrainRun:
         data = StepData(images=self.dataset.train_images.to(dev), labels=self.dataset.train_labels.to(dev),
                         params=torch.empty(0), mean=mean, std=std, policy=self.policy)
         net = distributed.wrap_for_training(self.model, dev)  # DDP under torchrun: gradients averaged over ranks
+        writer = BackgroundWriter()
         step = TrainStep(net, self.optimizer, self.loss_fn, data, capture=self.compile == "graph",
                          batch_size=c.batch_size,
-                         teacher_classes=self.dataset.num_classes if self.targets is not None else None)
+                         teacher_classes=self.dataset.num_classes if self.targets is not None else None,
+                         before_capture=writer.wait)  # no checkpoint write may overlap the capture
         self._lr = c.lr
-        writer = BackgroundWriter()
         n = data.images.shape[0]
         steps = max(1, math.ceil(n / c.batch_size))
         with make_progress(self.show_progress) as progress:
@@ -371,7 +374,8 @@ class TrainRun:
                         record["images_per_s"] = seen / train_seconds if train_seconds > 0 else 0.0
                         self.history.append(record)
                         # copied to host memory now, written to disk while the next epoch trains
-                        writer.submit(save_checkpoint, self._checkpoint(epoch + 1, final=False), self.out / LAST_FILE)
+                        writer.submit(save_checkpoint, self._checkpoint(epoch + 1, final=False, on_host=False),
+                                      self.out / LAST_FILE)
                         with open(self.out / METRICS_FILE, "a") as f:
                             f.write(json.dumps(record) + "\n")
                     else:

@@ -82,3 +82,33 @@ def test_the_captured_step_trains_as_well_as_the_eager_one(model, tmp_path):
     assert results["graph"]["compile"] == "graph" and results["none"]["compile"] == "none"
     assert results["none"]["test_accuracy"] > 0.8
     assert abs(results["graph"]["test_accuracy"] - results["none"]["test_accuracy"]) < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_capture_waits_for_the_checkpoint_writer(tmp_path, monkeypatch):
+    """Two full batches an epoch: capture (after 3 warm-up steps) falls in epoch 2, while epoch 1's
+    checkpoint is being written on the writer's thread (slowed down here). The write finishes first."""
+    import time
+
+    import bandistill.train as train_module
+    from bandistill.step import TrainStep
+    from bandistill.train import TrainConfig, train
+
+    events = []
+    real_save, real_capture = train_module.save_checkpoint, TrainStep._capture
+
+    def slow_save(obj, path):
+        time.sleep(1.0)
+        real_save(obj, path)
+        events.append(("written", obj["epoch"]))
+
+    def capture(self, loss_scale):
+        events.append(("capture", None))
+        real_capture(self, loss_scale)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", slow_save)
+    monkeypatch.setattr(TrainStep, "_capture", capture)
+    config = TrainConfig(model="resnet-8", dataset="digits", epochs=3, batch_size=512, device="cuda", compile="graph")
+    result = train(config, tmp_path / "run", progress=False)
+    assert result["compile"] == "graph"
+    assert events.index(("capture", None)) == events.index(("written", 1)) + 1, events
