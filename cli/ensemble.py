@@ -79,8 +79,8 @@ def command(onnx_paths, more_onnx, dataset, data_dir, split, batch_size, provide
         m = result["merged"]
         click.echo(
             f"wrote {m['out']}: one graph of {len(m['members'])} members; top-1 err {100 * m['merged_error']:.2f}% "
-            f"on {m['provider']}"
-            f"(max |prob diff| vs members {m['max_abs_prob_diff']:.1e}, predictions agree {100 * m['prediction_agreement']:.1f}%)"
+            f"on {m['provider']} (checked on {m['checked_on']}: max |prob diff| vs members "
+            f"{m['max_abs_prob_diff']:.1e}, predictions agree {100 * m['prediction_agreement']:.1f}%)"
         )
     if "predictions" in result:
         click.echo(f"wrote {result['predictions']}")

@@ -275,6 +275,22 @@ def test_merged_graph_that_disagrees_is_not_written(gens, digits, tmp_path) -> N
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+def test_merged_graph_is_checked_on_the_cpu_when_the_members_ran_elsewhere(gens, digits, tmp_path) -> None:
+    """Members' probabilities from the CUDA provider may differ from any other session's by more than 1e-4
+    (TF32 convolutions, kernels picked per session): such a reference is not the check's. Here a reference
+    off by 5e-4, as if from CUDA: the merge is checked on the CPU (exact) and written; the difference is
+    reported."""
+    images = digits.test_images[:40]
+    reference = combine([np.log(p) for p in _separate_probs([gens["gen0"], gens["gen1"]], images)])
+    noisy = reference + np.where(np.arange(reference.shape[1]) % 2 == 0, 5e-4, -5e-4)
+    info = save_merged_onnx([gens["gen0"], gens["gen1"]], tmp_path / "bane.onnx", check_images=images,
+                            reference=noisy, reference_provider="cuda", labels=digits.test_labels[:40].numpy())
+    assert info["checked_on"] == "cpu" and info["max_abs_prob_diff"] < 1e-5 and info["prediction_agreement"] == 1.0
+    assert info["provider_max_abs_prob_diff"] == pytest.approx(5e-4, rel=0.01)
+    assert info["merged_accuracy"] == pytest.approx(float((reference.argmax(1) == digits.test_labels[:40].numpy()).mean()))
+    assert (tmp_path / "bane.onnx").exists()
+
+
 # -- refusals -------------------------------------------------------------------------------------
 def _refused(args: list[str], message: str) -> None:
     res = CliRunner().invoke(cli, ["ensemble", *args])

@@ -175,7 +175,8 @@ def evaluate_ensemble(
     if save_onnx is not None:
         result["merged"] = save_merged_onnx(
             [m.path for m in members], save_onnx, average=average, allow_mixed=allow_mixed,
-            check_images=images, reference=probs, labels=labels_np, provider=provider, batch_size=batch_size,
+            check_images=images, reference=probs, reference_provider=result["provider"], labels=labels_np,
+            provider=provider, batch_size=batch_size,
         )
     result["seconds"] = time.perf_counter() - t0
     if return_probs:
