@@ -31,7 +31,7 @@ from bandistill.errors import UserError
 from bandistill.launch import run_stage
 from bandistill.lock import folder_lock
 from bandistill.manifest import CHANGED, DONE, MANIFEST_FILE, NEW, RESUME, Manifest
-from bandistill.models import build_model, count_parameters, validate_model_name
+from bandistill.models import build_model, count_parameters, model_options, validate_model_name
 from bandistill.sharded_dump import all_shard_files
 from bandistill.train import MODEL_FILE, TrainConfig
 from bandistill.views import ViewPlan, ViewPolicy, generation0_views_seen
@@ -333,7 +333,7 @@ class Chain:
         probs = member_probabilities(onnx_files, ds.test_images, provider="auto")
         data = generation_metrics(probs, ds.test_labels.numpy())
         data["network"] = network_label(o)
-        data["parameters"] = parameters_of(o, ds.num_classes, ds.in_channels)
+        data["parameters"] = parameters_of(o, ds.num_classes, ds.in_channels, ds.image_shape)
         data["seed"] = self.seed
         data["views_seen"] = views_seen(o, ds.view_policy)
         data["train_reported"] = [load_checkpoint(self.root / f"gen{k}" / MODEL_FILE)["metrics"]["test_accuracy"]
@@ -369,8 +369,10 @@ def network_label(o: BanOptions) -> str:
     return o.model
 
 
-def parameters_of(o: BanOptions, num_classes: int, in_channels: int) -> int:
-    return count_parameters(build_model(o.student_model or o.model, num_classes, in_channels))
+def parameters_of(o: BanOptions, num_classes: int, in_channels: int, image_shape=None) -> int:
+    name = o.student_model or o.model
+    options = model_options(name, image_shape) if image_shape else {}
+    return count_parameters(build_model(name, num_classes, in_channels, **options))
 
 
 def run_ban(opts: BanOptions, out: str | Path, *, supersede: bool = False, progress: bool = True,
@@ -391,7 +393,8 @@ def run_ban(opts: BanOptions, out: str | Path, *, supersede: bool = False, progr
     if opts.transfer_ends:
         from bandistill.transfer import check_transferable
 
-        check_transferable(opts.model, opts.student_model, dataset.num_classes, dataset.in_channels)
+        check_transferable(opts.model, opts.student_model, dataset.num_classes, dataset.in_channels,
+                           dataset.image_shape)
     with folder_lock(out):
         seeds = opts.chain_seeds()
         moves = _single_seed_moves(opts, out)

@@ -30,7 +30,7 @@ from bandistill.device import resolve_device
 from bandistill.errors import NonFiniteError, UserError
 from bandistill.inference import accuracy_and_nll, predict_logits
 from bandistill.lock import folder_lock
-from bandistill.models import build_model, count_parameters, default_weight_decay, validate_model_name
+from bandistill.models import build_model, count_parameters, default_weight_decay, model_options, validate_model_name
 from bandistill.progress import make_progress
 from bandistill.background import BackgroundWriter
 from bandistill.step import COMPILE_MODES, StepData, TrainStep, make_sgd, resolve_compile
@@ -53,7 +53,7 @@ RESUME_FREE_KEYS = ("device", "data_dir", "download", "cache_memory_budget_gb", 
 
 #: TrainConfig fields newer than the first recorded runs, with the default they are left out at.
 ADDED_LATER = {"sync_bn": False, "compile": "auto", "eval_every": 1, "teacher_checkpoint": None, "views": None,
-               "view_seed": None}
+               "view_seed": None, "init_weights": None, "class_map": None, "fresh_head": False}
 
 
 @dataclass
@@ -90,6 +90,12 @@ class TrainConfig:
     transfer_ends_from: str | None = None
     # under torchrun: BatchNorm statistics over the whole global batch instead of each rank's slice
     sync_bn: bool = False
+    # pretrained initialisation: a state dict or checkpoint (bandistill.import_teacher.FittedWeights), its
+    # classes mapped (class_map) or its classifier left fresh (fresh_head); the run then normalises its
+    # inputs the way the weights expect
+    init_weights: str | None = None
+    class_map: str | None = None
+    fresh_head: bool = False
 
     def validate(self) -> "TrainConfig":
         """Normalise and check the values; raise :class:`UserError` on bad ones."""
@@ -106,6 +112,8 @@ class TrainConfig:
             self.weight_decay = default_weight_decay(self.model)
         if not 0 <= self.weight_decay < math.inf:
             raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if (self.class_map or self.fresh_head) and not self.init_weights:
+            raise UserError("--class-map and --fresh-head go with --init-weights FILE")
         if self.eval_every <= 0:
             raise UserError(f"--eval-every must be a positive integer, got {self.eval_every}")
         if self.compile not in COMPILE_MODES:
@@ -201,6 +209,7 @@ class TrainRun:
             options["memory_efficient"] = True
         if c.dropout:
             options["dropout"] = c.dropout
+        options.update(model_options(c.model, self.dataset.image_shape))  # ViT-like networks: the input size
         self.model_spec = {
             "name": c.model,
             "num_classes": self.dataset.num_classes,
@@ -209,6 +218,9 @@ class TrainRun:
         }
         torch.manual_seed(_epoch_seed(c.seed, 0, 7))
         self.model = build_model(c.model, self.dataset.num_classes, self.dataset.in_channels, **options)
+        self.init_record: dict[str, Any] | None = None
+        if c.init_weights:
+            self._init_from_weights()
         self.transferred: list[str] = []
         if c.transfer_ends_from:
             from bandistill.transfer import transfer_ends
@@ -225,6 +237,19 @@ class TrainRun:
             torch.backends.cudnn.benchmark = True  # fixed shapes: autotune the convolutions once
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
+
+    def _init_from_weights(self) -> None:
+        """Start from ``--init-weights`` (classes mapped, or a fresh classifier) and normalise as they expect."""
+        from bandistill.import_teacher import FittedWeights
+
+        c = self.config
+        fitted = FittedWeights(c.init_weights, self.dataset, model=c.model, class_map=c.class_map,
+                               fresh_head=c.fresh_head, training=True,
+                               fallback_normalization=(self.mean_list, self.std_list,
+                                                       "the training split's statistics (the weights name none)"))
+        self.model = fitted.model.train()
+        self.mean_list, self.std_list = fitted.normalization["mean"], fitted.normalization["std"]
+        self.init_record = {**fitted.record(), "normalization_source": fitted.normalization_source}
 
     def _restore(self) -> None:
         """Continue from ``last.pt`` when resuming (and refuse one made with other settings)."""
@@ -289,6 +314,8 @@ class TrainRun:
             "teacher": self.targets.lineage() if self.targets else None,
             "epoch": epoch,
             "transferred": self.transferred,
+            **({"init_weights": self.init_record, "normalization_source": self.init_record["normalization_source"]}
+               if self.init_record else {}),
             "history": self.history,
             "metrics": self.history[-1] if self.history else {},
         }

@@ -78,7 +78,7 @@ def _register() -> None:
 
     for module in (models, train):
         cli.add_command(module.command)
-    for optional in ("dump", "verify", "export", "ensemble", "ban", "report"):
+    for optional in ("import_teacher", "dump", "verify", "export", "ensemble", "ban", "report"):
         try:
             module = __import__(f"bandistill.cli.{optional}", fromlist=["command"])
         except ModuleNotFoundError as exc:

@@ -49,6 +49,12 @@ LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the soft term (kd).")
 @click.option("--cache-memory-gb", type=float, default=4.0, show_default=True,
               help="Read the cache into memory when it fits this budget, else stream one view at a time.")
+@click.option("--init-weights", type=click.Path(dir_okay=False), default=None,
+              help="Start from these weights (a torchvision/timm state dict or a bandistill checkpoint); inputs are "
+                   "then normalised as the weights expect.")
+@click.option("--class-map", default=None,
+              help="With --init-weights of more classes: 'wnid' or a file (see import-teacher) to keep theirs.")
+@click.option("--fresh-head", is_flag=True, help="With --init-weights: a new classifier for the dataset's classes.")
 @click.option("--sync-bn", is_flag=True,
               help="Under torchrun: BatchNorm statistics over the whole global batch (default: each rank's slice).")
 @click.option("--out", required=True, type=click.Path(), help="Run folder to write.")

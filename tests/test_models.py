@@ -189,7 +189,10 @@ def test_invalid_names(name: str, rule: str, suggestion: str) -> None:
 
 
 def test_unknown_name_without_close_match() -> None:
-    with pytest.raises(UserError, match=r"unknown model 'vgg16'.*e\.g\. densenet-bc-100-12"):
+    with pytest.raises(UserError, match=r"unknown model 'qqq'.*e\.g\. densenet-bc-100-12"):
+        validate_model_name("qqq")
+    # a torchvision/timm builder typed without its library: the library names are suggested
+    with pytest.raises(UserError, match=r"unknown model 'vgg16'.*did you mean torchvision/vgg16 or timm/vgg16"):
         validate_model_name("vgg16")
     with pytest.raises(UserError, match=r"\\n"):
         validate_model_name("resnet-20\nfoo")  # control characters are escaped: still one line

@@ -14,6 +14,9 @@ The Born-Again Networks paper (Furlanello et al., ICML 2018) also uses DenseNet-
 like the reference implementations do, with floor((depth-4)/6) layers per block.
 
 Every model exposes ``stem`` (its first conv) and ``classifier`` (its final linear layer).
+
+Any torchvision or timm classification network is built by name too: ``torchvision/resnet50``,
+``timm/efficientnet_b0`` (see :mod:`bandistill.models.libraries`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ import torch
 
 from bandistill.errors import UserError
 from bandistill.models.densenet import DenseNetBC
+from bandistill.models.libraries import (
+    build_library_model, is_library_name, library_models, needs_image_size, split_name, validate_library_name,
+)
 from bandistill.models.resnet import ResNet
 from bandistill.models.wrn import WideResNet
 
@@ -35,6 +41,7 @@ __all__ = [
     "default_weight_decay",
     "list_models",
     "model_family",
+    "model_options",
     "validate_model_name",
 ]
 
@@ -60,8 +67,8 @@ _EXAMPLES = [
 _BAN_DENSENETS = {"densenet-bc-80-80", "densenet-bc-80-120", "densenet-bc-90-60"}
 
 _NAME_RE = re.compile(r"(densenet-bc|wrn)-(\d+)-(\d+)|(resnet)-(\d+)", re.ASCII)
-_FORMS = "densenet-bc-<depth>-<growth>, wrn-<depth>-<width> or resnet-<depth>"
-_WEIGHT_DECAY = {"densenet-bc": 1e-4, "wrn": 5e-4, "resnet": 1e-4}
+_FORMS = "densenet-bc-<depth>-<growth>, wrn-<depth>-<width>, resnet-<depth>, torchvision/<name> or timm/<name>"
+_WEIGHT_DECAY = {"densenet-bc": 1e-4, "wrn": 5e-4, "resnet": 1e-4, "torchvision": 1e-4, "timm": 1e-4}
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,10 @@ def _name_error(name: str, reason: str, fix: str | None = None) -> UserError:
     key = re.sub(r"[\s_]+", "-", name.strip().lower())
     close = difflib.get_close_matches(key, _EXAMPLES, n=3)
     suggestions = ([fix] if fix else []) + [s for s in close if s != fix]
+    bare = name.strip()
+    if not fix and "/" not in bare:  # a torchvision/timm builder typed without its library ("resnet50")
+        libs = [f"{lib}/{bare}" for lib in ("torchvision", "timm") if bare in library_models(lib)]
+        suggestions = libs + suggestions
     if suggestions:
         *rest, last = suggestions[:3]
         hint = f"; did you mean {', '.join(rest) + ' or ' if rest else ''}{last}?"
@@ -124,7 +135,10 @@ def _parse(name: str) -> _Spec:
 
 
 def validate_model_name(name: str) -> str:
-    """Return the normalised (lower-case) model name, or raise :class:`UserError`."""
+    """Return the normalised model name (zoo names lower-cased; ``library/builder`` as the
+    library spells it), or raise :class:`UserError` suggesting close names."""
+    if is_library_name(name):
+        return validate_library_name(name)
     return _parse(name).name
 
 
@@ -134,13 +148,24 @@ def list_models() -> list[str]:
 
 
 def model_family(name: str) -> str:
-    """``"densenet-bc"``, ``"wrn"`` or ``"resnet"``."""
+    """``"densenet-bc"``, ``"wrn"`` or ``"resnet"``; ``"torchvision"`` or ``"timm"`` for library networks."""
+    if is_library_name(name):
+        return split_name(validate_library_name(name))[0]
     return _parse(name).family
 
 
 def default_weight_decay(name: str) -> float:
-    """The paper's weight decay: 1e-4 for DenseNet-BC and ResNet, 5e-4 for WRN."""
-    return _WEIGHT_DECAY[_parse(name).family]
+    """The paper's weight decay: 1e-4 for DenseNet-BC and ResNet, 5e-4 for WRN; 1e-4 for
+    torchvision/timm networks (torchvision's ImageNet recipe for ResNets)."""
+    return _WEIGHT_DECAY[model_family(name)]
+
+
+def model_options(name: str, image_shape: tuple[int, ...] | list[int]) -> dict:
+    """Build options a network needs from its data: ``image_size`` for those whose input size is
+    fixed when built (ViT, MaxViT, timm's fixed-size models); nothing for the others."""
+    if is_library_name(name) and needs_image_size(name):
+        return {"image_size": [int(image_shape[-2]), int(image_shape[-1])]}
+    return {}
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -155,17 +180,26 @@ def build_model(
     *,
     memory_efficient: bool = False,
     dropout: float = 0.0,
+    image_size: list[int] | tuple[int, int] | None = None,
 ) -> torch.nn.Module:
     """Build a freshly (Kaiming-)initialised model from its name.
 
     ``memory_efficient`` applies to densenet-bc only and ``dropout`` to wrn only; giving
     a non-default value for a family it does not apply to raises :class:`UserError`.
+    torchvision/timm networks are built by their library (its own initialisation);
+    ``image_size`` (see :func:`model_options`) applies to them only.
     """
-    spec = _parse(name)
     if num_classes < 1 or in_channels < 1:
         raise UserError(
             f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}"
         )
+    if is_library_name(name):
+        if memory_efficient or dropout:
+            raise UserError(f"--memory-efficient and --dropout apply to the CIFAR zoo, not {name!r}")
+        return build_library_model(name, num_classes, in_channels, image_size)
+    if image_size is not None:
+        raise UserError(f"image_size applies to torchvision/timm networks, not {name!r}")
+    spec = _parse(name)
     if memory_efficient and spec.family != "densenet-bc":
         raise UserError(f"memory_efficient applies to densenet-bc models only, not {spec.name!r}")
     if dropout and spec.family != "wrn":
