@@ -1,6 +1,6 @@
 """Paying for the teacher once: its logits on the planned augmented views of every training sample.
 
-The views are a :class:`~bandistill.views.ViewPlan` (``--views K``, ``epochs`` or ``all``);
+The views are a :class:`~bandistill.data.views.ViewPlan` (``--views K``, ``epochs`` or ``all``);
 view ``v`` of sample ``i`` has parameters ``plan.params(policy, v, i)``, a pure function.
 The dump runs the teacher (eval mode) on exactly those images and stores the logits (full
 rows, or with ``top_k`` the k largest and the row's log-sum-exp) and the parameters side by
@@ -39,7 +39,7 @@ from bandistill.identity import checkpoint_identity
 from bandistill.inference import accuracy_and_nll, predict_logits
 from bandistill.lock import file_lock
 from bandistill.progress import make_progress
-from bandistill.views import ViewPlan
+from bandistill.data.views import ViewPlan
 
 #: Largest magnitude float16 holds; a teacher beyond it needs --dtype float32.
 FLOAT16_MAX = 65504.0

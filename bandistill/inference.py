@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from bandistill.device import autocast
-from bandistill.views import ViewPolicy, normalize
+from bandistill.data.views import ViewPolicy, normalize
 
 
 @torch.no_grad()

@@ -80,7 +80,7 @@ def worker(spec_path: str) -> int:
     finally:
         distributed.stop()
     if main:
-        from bandistill.checkpoint import atomic_write
+        from bandistill.atomic import atomic_write
 
         atomic_write(spec["result"], lambda tmp: Path(tmp).write_text(json.dumps(result, default=str)))
     return 0

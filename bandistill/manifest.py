@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bandistill.checkpoint import atomic_write
+from bandistill.atomic import atomic_write
 from bandistill.errors import UserError
 from bandistill.identity import file_digest, output_digest
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bandistill.cache.schema import check_top_k, partial_path
-from bandistill.checkpoint import atomic_write, load_checkpoint
+from bandistill.atomic import atomic_write
+from bandistill.checkpoint import load_checkpoint
 from bandistill.data import ImageDataset, load_dataset
 from bandistill.errors import UserError
 from bandistill.launch import run_stage
@@ -34,7 +35,7 @@ from bandistill.manifest import CHANGED, DONE, MANIFEST_FILE, NEW, RESUME, Manif
 from bandistill.models import build_model, count_parameters, model_options, validate_model_name
 from bandistill.sharded_dump import all_shard_files
 from bandistill.train import MODEL_FILE, TrainConfig
-from bandistill.views import ViewPlan, ViewPolicy, generation0_views_seen
+from bandistill.data.views import ViewPlan, ViewPolicy, generation0_views_seen
 
 EVALUATION_FILE = "evaluation.json"
 OPTIONS_FILE = "ban.json"

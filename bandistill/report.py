@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bandistill.bane import ensemble_probs, to_log_probs
-from bandistill.checkpoint import atomic_write
+from bandistill.atomic import atomic_write
 from bandistill.metrics import classification_metrics
 
 REPORT_FILES = ("report.md", "report.json", "report.png")

@@ -1,6 +1,6 @@
 """Where a student's soft targets come from: a teacher's cache (full rows or top-k), or a live teacher.
 
-Both sources follow one :class:`~bandistill.views.ViewPlan`, so in every epoch they show
+Both sources follow one :class:`~bandistill.data.views.ViewPlan`, so in every epoch they show
 each sample the same view, rebuilt from the same parameters; they differ only in where the
 teacher's output comes from. The training loop asks two things per epoch and per step:
 
@@ -46,7 +46,7 @@ from bandistill.data import ImageDataset
 from bandistill.device import autocast
 from bandistill.errors import UserError
 from bandistill.identity import cache_digest, checkpoint_identity
-from bandistill.views import ViewPlan, ViewPolicy
+from bandistill.data.views import ViewPlan, ViewPolicy
 
 GiB = 1 << 30
 

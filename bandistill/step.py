@@ -31,7 +31,7 @@ import torch
 from bandistill.device import autocast
 from bandistill.distributed import all_sum
 from bandistill.errors import UserError
-from bandistill.views import ViewPolicy, normalize
+from bandistill.data.views import ViewPolicy, normalize
 
 #: ``loss_fn(student_logits, labels, teacher_logits_or_None) -> scalar``
 LossFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]

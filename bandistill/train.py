@@ -5,7 +5,7 @@ resume, checkpoints and metrics. The whole training split lives on the device as
 uint8 tensor. Each epoch draws a permutation and one view per sample from pure functions
 of (seed, epoch), so a resumed run replays exactly what an uninterrupted one would have
 done. Each step cuts a batch, makes its views with batched integer gathers
-(:mod:`bandistill.views`) and normalises; there is no per-sample Python and there are no
+(:mod:`bandistill.data.views`) and normalises; there is no per-sample Python and there are no
 loader workers.
 """
 
@@ -34,7 +34,7 @@ from bandistill.models import build_model, count_parameters, default_weight_deca
 from bandistill.progress import make_progress
 from bandistill.background import BackgroundWriter
 from bandistill.step import COMPILE_MODES, StepData, TrainStep, make_sgd, resolve_compile
-from bandistill.views import ViewPolicy, view_hash
+from bandistill.data.views import ViewPolicy, view_hash
 
 if TYPE_CHECKING:
     from bandistill.soft_targets import SoftTargets

@@ -48,7 +48,7 @@ from bandistill.device import resolve_device  # noqa: E402
 from bandistill.dump import dump_logits  # noqa: E402
 from bandistill.soft_targets import open_soft_targets  # noqa: E402
 from bandistill.train import MODEL_FILE, TrainConfig, train  # noqa: E402
-from bandistill.views import ViewPlan, generation0_views_seen  # noqa: E402
+from bandistill.data.views import ViewPlan, generation0_views_seen  # noqa: E402
 from step_cost import interleaved_step_costs  # noqa: E402
 
 

@@ -32,7 +32,7 @@ from bandistill.checkpoint import save_checkpoint
 from bandistill.device import autocast
 from bandistill.dump import LogitDump
 from bandistill.train import TrainConfig, TrainRun
-from bandistill.views import normalize
+from bandistill.data.views import normalize
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -49,7 +49,7 @@ from bandistill.onnx.merge import save_merged_onnx
 from bandistill.onnx.runtime import (
     create_session, provider_name, resolve_providers, run_batched, run_bound, session_device, session_provider,
 )
-from bandistill.views import ViewPolicy, normalize
+from bandistill.data.views import ViewPolicy, normalize
 
 
 def synthetic32(n_test: int = 1024, classes: int = 10) -> ImageDataset:

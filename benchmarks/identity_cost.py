@@ -31,7 +31,7 @@ import numpy as np
 from bandistill import identity
 from bandistill.cache.reader import check_values, open_cache
 from bandistill.cache.writer import CacheWriter
-from bandistill.views import ViewPolicy
+from bandistill.data.views import ViewPolicy
 
 
 def build(path: Path, samples: int, views: int, classes: int) -> None:

@@ -52,7 +52,7 @@ from bandistill.losses import make_loss
 from bandistill.models import build_model
 from bandistill.soft_targets import LiveTeacher, open_soft_targets
 from bandistill.train import TrainConfig
-from bandistill.views import ViewPlan, ViewPolicy, normalize
+from bandistill.data.views import ViewPlan, ViewPolicy, normalize
 
 
 def synthetic32(n: int = 4096, classes: int = 100) -> ImageDataset:

@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bandistill.device import autocast, resolve_device
 from bandistill.models import build_model, default_weight_decay
 from bandistill.step import StepData, TrainStep, make_sgd, resolve_compile
-from bandistill.views import ViewPolicy, normalize
+from bandistill.data.views import ViewPolicy, normalize
 
 MODELS = ("resnet-20", "densenet-bc-100-12", "wrn-28-10")
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from bandistill.cache import schema
 from bandistill.errors import UserError
-from bandistill.views import VIEW_PLANS, ViewPlan
+from bandistill.data.views import VIEW_PLANS, ViewPlan
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ def check_values(cache: SoftTargetCache) -> None:
                 raise UserError(f"cache {path} is damaged: {name} holds NaN or inf values{where}; dump the cache again")
     if schema.VIEW_PARAMS in f:
         try:
-            from bandistill.views import ViewPolicy
+            from bandistill.data.views import ViewPolicy
 
             policy = ViewPolicy.from_json(cache.info.view_policy)
         except (TypeError, ValueError):

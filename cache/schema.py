@@ -12,7 +12,7 @@ dataset                   shape                      contents
                                                      ``values`` (k,) the k largest logits,
                                                      ``indices`` (k,) their classes (uint8 up to
                                                      256 classes), ``logsumexp`` of the full row
-``view_params``           ``(views, samples, P)``    int16 parameters of that view (see views.py)
+``view_params``           ``(views, samples, P)``    int16 parameters of that view (see bandistill/data/views.py)
 ``labels``                ``(samples,)``             int64 train labels
 ``test_logits``           ``(test_samples, C)``      teacher logits on the clean test split
 ``test_labels``           ``(test_samples,)``        int64 test labels
@@ -20,7 +20,7 @@ dataset                   shape                      contents
 ========================  =========================  ==========================================
 
 Format 2 adds the root attributes ``view_plan`` (JSON: ``kind`` fixed / epochs / all,
-``num_views``, ``seed``; see :class:`bandistill.views.ViewPlan`) and ``top_k``, and the
+``num_views``, ``seed``; see :class:`bandistill.data.views.ViewPlan`) and ``top_k``, and the
 ``topk`` form. From a ``topk`` record the top-k probabilities are exact,
 ``exp(value - logsumexp)``, and the remaining mass is spread evenly over the other C - k
 classes (FKD's "marginal smoothing", Shen & Xing, ECCV 2022); see

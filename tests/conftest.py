@@ -143,7 +143,7 @@ def assert_one_line_error(result, *fragments: str, code: int = 2) -> str:
 
 @pytest.fixture(autouse=True, scope="session")
 def _decoded_cache_in_a_temp_dir(tmp_path_factory):
-    """Decoded ImageFolder copies go to a temp dir, never the user's ~/.cache (see bandistill.decoded_cache)."""
+    """Decoded ImageFolder copies go to a temp dir, never the user's ~/.cache (see bandistill.data.decoded_cache)."""
     import os
 
     old = os.environ.get("BANDISTILL_CACHE_DIR")

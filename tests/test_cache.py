@@ -26,7 +26,7 @@ from bandistill.dump import DumpInterrupted, LogitDump, dump_logits, is_complete
 from bandistill.errors import UserError
 from bandistill.inference import predict_logits
 from bandistill.train import TrainConfig
-from bandistill.views import normalize
+from bandistill.data.views import normalize
 
 N_TRAIN, N_TEST, N_CLASSES = 1438, 359, 10  # digits' fixed 80/20 split
 

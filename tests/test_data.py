@@ -155,3 +155,15 @@ def test_val_split_that_leaves_no_training_image_is_refused():
         load_dataset("digits", val_split=0.9999)
     with pytest.raises(UserError, match="has none"):
         load_dataset("digits", val_split=0.995)  # 7 training images: some digits have none
+
+
+def test_the_data_layer_imports_nothing_above_it():
+    """bandistill.data used to import checkpoint (for atomic_write), which imports data: a circle."""
+    import subprocess
+    import sys
+
+    code = ("import sys, bandistill.data, bandistill.data.decoded_cache; "
+            "above = sorted(m for m in sys.modules if m.split('.')[:2] in (['bandistill', 'checkpoint'], "
+            "['bandistill', 'identity'], ['bandistill', 'train'], ['bandistill', 'cache'])); print(above)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

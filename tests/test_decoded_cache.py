@@ -9,22 +9,20 @@ import pytest
 import torch
 from PIL import Image
 
-import bandistill.data as data_module
-from bandistill import decoded_cache
-from bandistill.data import load_dataset
+from bandistill.data import decoded_cache, imagefolder, load_dataset
 
 
 @pytest.fixture
 def decodes(monkeypatch, tmp_path):
     """Count real decodes (the real decoder runs), with a private cache dir and an empty memory."""
     calls = []
-    real = data_module._load_imagefolder
+    real = imagefolder.decode_imagefolder
 
     def counting(data_dir):
         calls.append(data_dir)
         return real(data_dir)
 
-    monkeypatch.setattr(data_module, "_load_imagefolder", counting)
+    monkeypatch.setattr(imagefolder, "decode_imagefolder", counting)
     monkeypatch.setenv("BANDISTILL_CACHE_DIR", str(tmp_path / "decoded"))
     monkeypatch.setattr(decoded_cache, "_memory", decoded_cache.OrderedDict())
     return calls

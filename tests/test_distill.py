@@ -17,7 +17,7 @@ from bandistill.identity import cache_digest, checkpoint_digest
 from conftest import run_cli
 from bandistill.checkpoint import lineage_chain
 from bandistill.soft_targets import open_soft_targets
-from bandistill.views import view_schedule
+from bandistill.data.views import view_schedule
 from bandistill.dump import DumpInterrupted, dump_logits
 from bandistill.losses import LOSSES
 from bandistill.train import TrainConfig, TrainRun, train

@@ -23,7 +23,7 @@ from bandistill.errors import UserError
 from bandistill.soft_targets import open_soft_targets, topk_log_probs
 from bandistill.train import TrainConfig, TrainRun, train
 from bandistill.verify import verify_cache
-from bandistill.views import ViewPlan, ViewPolicy, expected_distinct
+from bandistill.data.views import ViewPlan, ViewPolicy, expected_distinct
 from conftest import assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

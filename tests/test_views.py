@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bandistill.views import ViewPolicy, normalize
+from bandistill.data.views import ViewPolicy, normalize
 
 
 def reference_view(image: np.ndarray, dy: int, dx: int, flip: int, pad: int) -> np.ndarray:

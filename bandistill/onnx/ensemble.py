@@ -187,7 +187,7 @@ def evaluate_ensemble(
 
 def write_predictions(path: str | os.PathLike, probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> None:
     """The ensemble's probabilities: ``.npy`` (the array), ``.npz`` (with labels and predictions) or ``.csv``."""
-    from bandistill.checkpoint import atomic_write
+    from bandistill.atomic import atomic_write
 
     path = Path(path)
     suffix = path.suffix.lower()

@@ -51,7 +51,7 @@ class NormalizedModel(nn.Module):
     """``uint8 (B, C, H, W)`` image -> logits, with the dataset normalisation inside.
 
     The arithmetic is the same sequence of float32 ops as
-    :func:`bandistill.views.normalize`, so ONNX and PyTorch agree to rounding.
+    :func:`bandistill.data.views.normalize`, so ONNX and PyTorch agree to rounding.
     """
 
     def __init__(self, net: nn.Module, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> None:

@@ -24,7 +24,7 @@ import onnx  # the library (absolute imports)
 
 from bandistill import __version__
 from bandistill.bane import combine, check_average
-from bandistill.checkpoint import atomic_write
+from bandistill.atomic import atomic_write
 from bandistill.errors import UserError, VerificationError
 from bandistill.metrics import PROB_FLOOR, classification_metrics
 from bandistill.onnx.members import OnnxMember, load_members, member_log_probs

@@ -6,7 +6,8 @@ So :func:`load_imagefolder` keys the decoded dataset by a digest of
 
 * every image file's relative path and *content* (bytes, not timestamps: a file rewritten
   with the same size and time is still noticed), and
-* the decoder itself (the source of :mod:`bandistill.data`, the Pillow version),
+* the decoder itself (the source of :mod:`bandistill.data.imagefolder` and :mod:`bandistill.data.scan`,
+  the Pillow version),
 
 and serves it from, in order: this process's memory, the on-disk copy
 ``<cache dir>/<digest>.npz`` (written atomically after the first decode), or a fresh
@@ -20,7 +21,6 @@ The cache dir is ``$BANDISTILL_CACHE_DIR`` (``off`` disables the disk copy), by 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from collections import OrderedDict
@@ -30,7 +30,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bandistill.checkpoint import atomic_write
+from bandistill.atomic import atomic_write
+from bandistill.data.fingerprint import tree_digest
+from bandistill.data.memory import ImageDataset
+from bandistill.data.views import ViewPolicy
 
 #: Datasets kept decoded in this process (one ban chain uses one; a few leave room for tests and tools).
 MEMORY_ENTRIES = 2
@@ -46,33 +49,9 @@ def cache_dir() -> Path | None:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "bandistill" / "decoded"
 
 
-def tree_digest(root: Path, suffixes: tuple[str, ...]) -> str:
-    """sha256 of every folder's and image file's path (relative to ``root``) and every image's bytes, in
-    sorted order, plus the decoder."""
-    import PIL
-
-    import bandistill.data as data_module
-
-    h = hashlib.sha256()
-    h.update(Path(data_module.__file__).read_bytes())  # the decoder's own source: a new decoder, a new key
-    h.update(f"pillow {PIL.__version__}".encode())
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        h.update(b"dir " + str(Path(dirpath).relative_to(root)).encode() + b"\0")  # an empty class folder counts
-        for name in sorted(filenames):
-            if not name.lower().endswith(suffixes):
-                continue
-            path = Path(dirpath) / name
-            h.update(str(path.relative_to(root)).encode() + b"\0")
-            h.update(hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()[:32]
-
-
-def load_imagefolder(root: str | os.PathLike, decode: Callable[[], object], suffixes: tuple[str, ...]):
+def load_imagefolder(root: str | os.PathLike, decode: Callable[[], ImageDataset],
+                     suffixes: tuple[str, ...]) -> ImageDataset:
     """The :class:`~bandistill.data.ImageDataset` of the tree at ``root``: from memory, disk, or ``decode()``."""
-    from bandistill.data import ImageDataset
-    from bandistill.views import ViewPolicy
-
     key = tree_digest(Path(root).expanduser(), suffixes)
     if key in _memory:
         _memory.move_to_end(key)
