@@ -15,7 +15,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -133,6 +133,10 @@ class TrainConfig:
             self.loss = "ce"
         elif self.alpha != 0.5 and self.loss != "kd":
             raise UserError(f"--alpha weighs the soft term of --loss kd only; --loss {self.loss} would ignore it")
+        ranks = distributed.world().size
+        if self.batch_size < ranks:
+            raise UserError(f"--batch-size {self.batch_size} is the global batch, smaller than the {ranks} processes "
+                            f"under torchrun: every rank needs a sample of each batch; use --batch-size {ranks} or more")
         if self.loss == "cwtm" and distributed.is_distributed():
             raise UserError("--loss cwtm normalises its weights over the whole batch, which a rank under torchrun "
                             "does not see; train cwtm students in one process")
@@ -147,6 +151,12 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def recorded(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """A recorded config (a checkpoint's, as :meth:`to_dict` wrote it) as a whole: every field, those
+        it leaves out (an older run, a value at its default) at their defaults; keys no field has are dropped."""
+        return {f.name: data.get(f.name, None if f.default is MISSING else f.default) for f in fields(cls)}
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -252,15 +262,18 @@ class TrainRun:
         self.init_record = {**fitted.record(), "normalization_source": fitted.normalization_source}
 
     def _restore(self) -> None:
-        """Continue from ``last.pt`` when resuming (and refuse one made with other settings)."""
-        last = self.out / LAST_FILE
-        if not (self.resume and last.exists()):
+        """Continue from the run's saved state when resuming (and refuse one made with other settings)."""
+        if not self.resume:
             return
-        state = load_checkpoint(last)
-        saved = dict(state["config"])
-        mine = self.config.to_dict()
+        found = self._resume_state()
+        if found is None:
+            return
+        path, state = found
+        saved, mine = TrainConfig.recorded(state.get("config") or {}), asdict(self.config)
         sources = ("teacher_logits", "teacher_checkpoint")
-        diff = [k for k in mine if k not in (*RESUME_FREE_KEYS, *sources) and saved.get(k) != mine[k]]
+        # the whole configs, both ways: a key one side lacks (an older run, a flag left at its default)
+        # compares as its default, never as "absent"
+        diff = [k for k in saved if k not in (*RESUME_FREE_KEYS, *sources) and saved.get(k) != mine.get(k)]
         # the teacher (a cache, or a live teacher's checkpoint) is compared by content, whatever its path
         # (./c.h5, a moved run folder); another teacher under the same name must not finish a run the
         # first one started
@@ -286,13 +299,51 @@ class TrainRun:
             )
         if state["dataset"]["fingerprint"] != self.dataset.fingerprint:
             raise UserError(f"cannot resume {self.out}: it was trained on other data (fingerprint differs)")
+        epoch, history = state.get("epoch"), state.get("history")
+        if not (isinstance(epoch, int) and isinstance(history, list) and 0 <= epoch <= self.config.epochs
+                and len(history) == epoch):
+            raise UserError(f"cannot resume {self.out}: {path} claims {epoch} of {self.config.epochs} epochs done "
+                            f"({len(history) if isinstance(history, list) else 'no'} recorded), so it is damaged "
+                            f"or from another run; move {self.out} aside and train again")
+        finished = epoch == self.config.epochs
+        if "optimizer" not in state and not finished:
+            raise UserError(f"cannot resume {self.out}: {path} holds no optimizer state (a final model.pt copied "
+                            f"over it?) and only {epoch} of {self.config.epochs} epochs; move {self.out} aside "
+                            "and train again")
         self.model.load_state_dict(state["state_dict"])
-        own = [{k: g[k] for k in ("lr", "fused", "foreach")} for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group, settings in zip(self.optimizer.param_groups, own):
-            group.update(settings)  # this device's lr tensor and kernels, whatever device wrote the file
-        self.start_epoch = int(state["epoch"])
-        self.history = [dict(h) for h in state["history"]]
+        if not finished:  # a finished run trains nothing: a model.pt (no optimizer) describes it fully
+            own = [{k: g[k] for k in ("lr", "fused", "foreach")} for g in self.optimizer.param_groups]
+            self.optimizer.load_state_dict(state["optimizer"])
+            for group, settings in zip(self.optimizer.param_groups, own):
+                group.update(settings)  # this device's lr tensor and kernels, whatever device wrote the file
+        self.start_epoch = epoch
+        self.history = [dict(h) for h in history]
+
+    def _resume_state(self) -> tuple[Path, dict[str, Any]] | None:
+        """The state to resume from: ``last.pt``; else a finished ``model.pt`` (None: start afresh).
+
+        ``last.pt`` missing or unreadable next to a readable ``model.pt`` (it was deleted, damaged,
+        or replaced by a copy of ``model.pt``) still resumes: the final file holds everything a
+        finished run needs. Without either there is nothing to continue.
+        """
+        last, final = self.out / LAST_FILE, self.out / MODEL_FILE
+        problem = None
+        if last.exists():
+            try:
+                return last, load_checkpoint(last)
+            except UserError as exc:
+                problem = exc
+        if final.exists():
+            try:
+                return final, load_checkpoint(final)
+            except UserError:
+                if problem is None:
+                    raise UserError(f"cannot resume {self.out}: {final} is damaged and there is no {LAST_FILE} to "
+                                    f"rewrite it from; move {self.out} aside and train again") from None
+        if problem is not None:
+            raise UserError(f"cannot resume {self.out}: {last} is damaged and no finished {MODEL_FILE} is there "
+                            f"({problem}); move {self.out} aside and train again") from None
+        return None
 
     def _checkpoint(self, epoch: int, final: bool, on_host: bool = True) -> dict[str, Any]:
         """The checkpoint dict; ``on_host=False`` leaves the weights on the device for
@@ -340,6 +391,8 @@ class TrainRun:
         trained = self.start_epoch < self.config.epochs
         if trained:
             self._train_epochs()
+        elif main:
+            self._rewrite_metrics()  # a finished run resumed: metrics.jsonl as its checkpoint records it
         if main and (trained or not _readable(self.out / MODEL_FILE)):
             save_checkpoint(self._checkpoint(self.config.epochs, final=True), self.out / MODEL_FILE)
         return self.result()
@@ -376,8 +429,8 @@ class TrainRun:
                         step.begin_epoch(self.policy.params(c.seed, 1_000_000 + epoch, np.arange(n)).to(dev))
                     for s in range(steps):
                         idx = perm[s * c.batch_size : (s + 1) * c.batch_size]
-                        if idx.numel() < 2 * ranks and s > 0:  # BatchNorm cannot train on one sample (per rank)
-                            continue
+                        if s > 0 and idx.numel() < min(c.batch_size, 2 * ranks):
+                            continue  # a remainder batch of one sample (per rank): BatchNorm cannot train on it
                         idx, loss_scale = distributed.local_batch(idx)  # this rank's slice of the global batch
                         step.set_lr(learning_rate(c, epoch, s, steps))
                         step.step(idx, self._teacher(epoch, idx), loss_scale=loss_scale)
@@ -440,10 +493,11 @@ class TrainRun:
         return out
 
     def _rewrite_metrics(self) -> None:
-        """metrics.jsonl holds exactly the epochs in the checkpoint (a crash may have left more)."""
-        with open(self.out / METRICS_FILE, "w") as f:
-            for record in self.history:
-                f.write(json.dumps(record) + "\n")
+        """metrics.jsonl holds exactly the epochs in the checkpoint (a crash may have left more, an edit garbage)."""
+        text = "".join(json.dumps(record) + "\n" for record in self.history)
+        path = self.out / METRICS_FILE
+        if not path.is_file() or path.read_text(errors="replace") != text:
+            path.write_text(text)
 
     def result(self) -> dict[str, Any]:
         last = self.history[-1]
@@ -486,8 +540,6 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
             if w.is_main:  # one process per run folder (a second one is refused, naming the first)
                 held.enter_context(folder_lock(run.out))
             run._check_out_dir()  # again, under the lock: another process may have finished a run here meanwhile
-            if resume and (run.out / MODEL_FILE).exists() and not (run.out / LAST_FILE).exists():
-                raise UserError(f"{run.out} holds a finished run without resume state; choose another --out")
         return run.run()
 
 

@@ -218,3 +218,109 @@ def test_non_finite_options_are_refused(tmp_path, args, fragment):
     result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "1", *args,
                      "--out", tmp_path / "r")
     assert_one_line_error(result, fragment)
+
+
+# -- issue 20: batches, resume rules --------------------------------------------------------------
+def _count_steps(run) -> list[int]:
+    """Wrap a TrainRun's loss to record each step's batch size (the real loss still trains)."""
+    sizes, real_loss = [], run.loss_fn
+
+    def counting(logits, labels, teacher):
+        sizes.append(int(labels.shape[0]))
+        return real_loss(logits, labels, teacher)
+
+    run.loss_fn = counting
+    return sizes
+
+
+@pytest.mark.parametrize("batch_size, steps", [(1, [1] * 12), (5, [5, 5, 2]), (11, [11])])
+def test_only_a_final_one_sample_batch_is_dropped(imagefolder_dir, tmp_path, batch_size, steps):
+    """--batch-size 1 trained one batch per epoch (every batch after the first was 'a final one-sample batch')."""
+    from bandistill.train import TrainRun
+
+    run = TrainRun(TrainConfig(model="resnet-8", dataset="imagefolder", data_dir=str(imagefolder_dir), epochs=1,
+                               batch_size=batch_size, device="cpu"), tmp_path / "r", progress=False)
+    sizes = _count_steps(run)
+    run.run()
+    assert sizes == steps  # 12 images: batches of 1 all train; a remainder of 2 trains; a remainder of 1 does not
+
+
+def _tiny(**kw) -> dict:
+    return dict(model="resnet-8", dataset="digits", epochs=1, batch_size=512, device="cpu", seed=0) | kw
+
+
+def test_resume_compares_whole_configs_both_ways(tmp_path):
+    """A dropped --sync-bn was accepted (only the new config's keys were compared, and False was left out);
+    the reverse was refused as 'started with sync_bn=None'."""
+    with_sync = tmp_path / "with"
+    train(TrainConfig(**_tiny(sync_bn=True)), with_sync, progress=False)
+    with pytest.raises(UserError, match="started with sync_bn=True, not False"):
+        train(TrainConfig(**_tiny()), with_sync, resume=True, progress=False)
+    without = tmp_path / "without"
+    train(TrainConfig(**_tiny()), without, progress=False)
+    with pytest.raises(UserError, match="started with sync_bn=False, not True"):
+        train(TrainConfig(**_tiny(sync_bn=True)), without, resume=True, progress=False)
+    train(TrainConfig(**_tiny()), without, resume=True, progress=False)  # the same options still resume
+
+
+def test_resume_from_a_copy_of_model_pt_reports_the_finished_run(tmp_path):
+    """'cp model.pt last.pt' (a realistic repair of a damaged last.pt) then --resume was KeyError: 'optimizer'."""
+    import shutil
+
+    out = tmp_path / "r"
+    first = train(TrainConfig(**_tiny()), out, progress=False)
+    shutil.copy(out / "model.pt", out / "last.pt")
+    again = train(TrainConfig(**_tiny()), out, resume=True, progress=False)
+    assert again["test_accuracy"] == first["test_accuracy"]
+    (out / "last.pt").write_bytes(b"damaged")  # a finished model.pt is enough to report the run
+    assert train(TrainConfig(**_tiny()), out, resume=True, progress=False)["test_accuracy"] == first["test_accuracy"]
+    (out / "last.pt").unlink()
+    assert train(TrainConfig(**_tiny()), out, resume=True, progress=False)["test_accuracy"] == first["test_accuracy"]
+
+
+def test_resume_state_without_optimizer_before_the_end_is_refused(tmp_path):
+    from bandistill.checkpoint import save_checkpoint
+
+    out = tmp_path / "r"
+    train(TrainConfig(**_tiny(epochs=2)), out, progress=False)
+    state = load_checkpoint(out / "last.pt")
+    del state["optimizer"]
+    state["epoch"], state["history"] = 1, state["history"][:1]
+    save_checkpoint(state, out / "last.pt")
+    (out / "model.pt").unlink()
+    with pytest.raises(UserError, match="no optimizer state"):
+        train(TrainConfig(**_tiny(epochs=2)), out, resume=True, progress=False)
+
+
+def test_resume_of_a_finished_run_rewrites_a_garbage_metrics_file(tmp_path):
+    out = tmp_path / "r"
+    train(TrainConfig(**_tiny()), out, progress=False)
+    good = (out / "metrics.jsonl").read_text()
+    (out / "metrics.jsonl").write_text("garbage\n{not json\n")
+    train(TrainConfig(**_tiny()), out, resume=True, progress=False)
+    assert (out / "metrics.jsonl").read_text() == good
+
+
+@pytest.mark.parametrize("epoch", [99, -1])
+def test_resume_state_claiming_impossible_epochs_is_refused(tmp_path, epoch):
+    """A last.pt claiming epoch 99 of 2 was taken as a finished run."""
+    from bandistill.checkpoint import save_checkpoint
+
+    out = tmp_path / "r"
+    train(TrainConfig(**_tiny()), out, progress=False)
+    state = load_checkpoint(out / "last.pt")
+    state["epoch"] = epoch
+    save_checkpoint(state, out / "last.pt")
+    (out / "model.pt").unlink()
+    with pytest.raises(UserError, match=f"claims {epoch} of 1 epochs"):
+        train(TrainConfig(**_tiny()), out, resume=True, progress=False)
+    assert not (out / "model.pt").exists()
+
+
+def test_a_global_batch_smaller_than_the_world_is_refused(monkeypatch):
+    """Under torchrun (its variables set) a rank would get no sample of a batch."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="--batch-size 1 is the global batch, smaller than the 2 processes"):
+        TrainConfig(**_tiny(batch_size=1)).validate()
+    TrainConfig(**_tiny(batch_size=2)).validate()
