@@ -167,3 +167,71 @@ def test_the_data_layer_imports_nothing_above_it():
             "['bandistill', 'identity'], ['bandistill', 'train'], ['bandistill', 'cache'])); print(above)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# -- issue 20: trees that hung or crashed the loader, and work done again for every stage ---------
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb; no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_one_line_naming_the_file(tmp_path):
+    root = write_imagefolder(tmp_path / "t")
+    (root / "train" / "dog" / "bomb.png").write_bytes(_png_claiming(30000, 30000))
+    with pytest.raises(UserError, match=r"cannot read image .*bomb\.png"):
+        load_dataset("imagefolder", root)
+
+
+def test_a_symlink_loop_in_the_tree_is_walked_once(tmp_path):
+    """os.walk(followlinks=True) never ended on two links to a folder above (2^depth paths)."""
+    import os
+    import subprocess
+    import sys
+
+    root = write_imagefolder(tmp_path / "t")
+    for name in ("up", "again"):
+        os.symlink(root / "train", root / "train" / "cat" / name)
+    code = ("import sys; from bandistill.data import load_dataset; "
+            "print(load_dataset('imagefolder', sys.argv[1]).train_images.shape[0])")
+    try:
+        out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading a tree with a symlink loop did not finish in 60 s")
+    assert out.returncode == 0 and out.stdout.strip() == "12", out.stderr
+
+
+def test_a_dataset_is_read_and_fingerprinted_once_per_process(tmp_path, monkeypatch):
+    """Every ban stage used to unpickle CIFAR and re-hash an ImageFolder tree served from memory."""
+    import os
+
+    from bandistill.data import builtin, decoded_cache
+
+    reads, hashes = [], []
+    real_read, real_digest = builtin._read_pickle, decoded_cache.tree_digest
+    monkeypatch.setattr(builtin, "_read_pickle", lambda path: reads.append(path) or real_read(path))
+    monkeypatch.setattr(decoded_cache, "tree_digest", lambda *a: hashes.append(a) or real_digest(*a))
+
+    cifar = write_cifar(tmp_path / "c")
+    first = load_dataset("cifar10", cifar, val_split=0.2)
+    n = len(reads)
+    assert load_dataset("cifar10", cifar, val_split=0.2) is first and len(reads) == n
+    assert load_dataset("cifar10", cifar).fingerprint != first.fingerprint and len(reads) == n
+    batch = cifar / "cifar-10-batches-py" / "data_batch_1"
+    stat = batch.stat()
+    batch.write_bytes(batch.read_bytes())  # rewritten (same bytes here): read again, never served stale
+    os.utime(batch, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    load_dataset("cifar10", cifar)
+    assert len(reads) == 2 * n
+
+    tree = write_imagefolder(tmp_path / "t")
+    ds = load_dataset("imagefolder", tree)
+    assert load_dataset("imagefolder", tree) is ds and len(hashes) == 1
+    (tree / "train" / "cat" / "0.png").write_bytes((tree / "train" / "dog" / "0.png").read_bytes())
+    assert load_dataset("imagefolder", tree).fingerprint != ds.fingerprint and len(hashes) == 2

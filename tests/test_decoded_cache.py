@@ -69,3 +69,23 @@ def test_the_disk_copy_can_be_turned_off(imagefolder_dir, decodes, monkeypatch, 
     decoded_cache._memory.clear()
     load_dataset("imagefolder", imagefolder_dir)
     assert len(decodes) == 2 and not (tmp_path / "decoded").exists()
+
+
+def test_a_full_cache_dir_costs_speed_never_the_run(imagefolder_dir, tmp_path):
+    """The disk copy failing for lack of space (EFBIG under a file size limit, like ENOSPC) used to stop the run."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+        from bandistill.data import load_dataset
+        print(load_dataset("imagefolder", sys.argv[1]).train_images.shape[0])
+    """)
+    env = {**os.environ, "BANDISTILL_CACHE_DIR": str(tmp_path / "full"), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code, str(imagefolder_dir)], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "12", out.stdout + out.stderr
+    assert not list((tmp_path / "full").glob("*"))  # no half-written copy left behind

@@ -13,7 +13,9 @@ and serves it from, in order: this process's memory, the on-disk copy
 ``<cache dir>/<digest>.npz`` (written atomically after the first decode), or a fresh
 decode. A changed tree, or a changed decoder, has another digest, so it is never served
 stale. Hashing a tree reads its bytes but decodes nothing (imagenette-32's 13k PNGs: a
-fraction of a second; measured figures in README).
+fraction of a second; measured figures in README). A process that already holds a tree in memory
+checks only the files' stat signature (sizes, inodes, modification and change times) before serving
+it, so the stages of one ``ban`` read the tree's bytes once.
 
 The cache dir is ``$BANDISTILL_CACHE_DIR`` (``off`` disables the disk copy), by default
 ``~/.cache/bandistill/decoded``. Deleting it is always safe.
@@ -31,14 +33,18 @@ import numpy as np
 import torch
 
 from bandistill.atomic import atomic_write
-from bandistill.data.fingerprint import tree_digest
+from bandistill.data.fingerprint import stat_signature, tree_digest
 from bandistill.data.memory import ImageDataset
 from bandistill.data.views import ViewPolicy
+from bandistill.errors import UserError
 
 #: Datasets kept decoded in this process (one ban chain uses one; a few leave room for tests and tools).
 MEMORY_ENTRIES = 2
 
 _memory: OrderedDict[str, object] = OrderedDict()
+#: The content digest of a tree this process has hashed, by its stat signature: a tree served from memory
+#: is not read again as long as no file in it changed (size, inode, modification or change time).
+_digests: dict[str, str] = {}
 
 
 def cache_dir() -> Path | None:
@@ -52,7 +58,11 @@ def cache_dir() -> Path | None:
 def load_imagefolder(root: str | os.PathLike, decode: Callable[[], ImageDataset],
                      suffixes: tuple[str, ...]) -> ImageDataset:
     """The :class:`~bandistill.data.ImageDataset` of the tree at ``root``: from memory, disk, or ``decode()``."""
-    key = tree_digest(Path(root).expanduser(), suffixes)
+    root = Path(root).expanduser()
+    signature = stat_signature(root, suffixes)
+    key = _digests.get(signature)
+    if key not in _memory:
+        key = _digests[signature] = tree_digest(root, suffixes)
     if key in _memory:
         _memory.move_to_end(key)
         return _memory[key]
@@ -93,5 +103,5 @@ def _save(ds, path: Path) -> None:
 
     try:
         atomic_write(path, write)
-    except OSError:  # a read-only or full cache dir costs speed, never the run
-        pass
+    except (OSError, UserError):  # a read-only or full cache dir costs speed, never the run
+        pass  # (atomic_write turns a full disk into a UserError, which must not stop the run either)

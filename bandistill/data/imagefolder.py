@@ -14,9 +14,8 @@ import numpy as np
 import torch
 
 from bandistill.data.memory import ImageDataset
-from bandistill.data.scan import majority_format, scan_tree
+from bandistill.data.scan import majority_format, scan_tree, unreadable
 from bandistill.data.views import ViewPolicy
-from bandistill.errors import UserError
 
 
 def decode_imagefolder(data_dir: str | os.PathLike | None) -> ImageDataset:
@@ -41,8 +40,8 @@ def decode_files(files: list[tuple[Path, int]], size: tuple[int, int], mode: str
                 if (img.height, img.width) != size:
                     img = img.resize((size[1], size[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UserError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            raise unreadable(path, exc) from None
         images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     return torch.from_numpy(np.stack(images)), labels

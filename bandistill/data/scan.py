@@ -67,6 +67,11 @@ def image_files(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
     return files
 
 
+def unreadable(path: Path, exc: BaseException) -> UserError:
+    """The one line for an image file that cannot be decoded (damaged, truncated, or a decompression bomb)."""
+    return UserError(f"cannot read image {path}: {exc}; remove or replace the file")
+
+
 def majority_format(folder: Path, files: list[tuple[Path, int]]) -> tuple[tuple[int, int], str]:
     """The size most training images have and their majority mode (``L`` or ``RGB``), from headers only.
 
@@ -85,8 +90,8 @@ def majority_format(folder: Path, files: list[tuple[Path, int]]) -> tuple[tuple[
             with Image.open(path) as img:
                 sizes[(img.height, img.width)] += 1
                 gray += img.mode in GRAY_MODES
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UserError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            raise unreadable(path, exc) from None
     (size, count), total = sizes.most_common(1)[0], len(files)
     if count * 2 <= total:
         listed = ", ".join(f"{h}x{w} ({n})" for (h, w), n in sizes.most_common(3))
