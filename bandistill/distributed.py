@@ -170,18 +170,79 @@ def wrap_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn.
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+#: This rank's rows ``(start, stop, total)`` of the global batch of the current step (None in one process).
+_batch_rows: tuple[int, int, int] | None = None
+
+
 def local_batch(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
     """This rank's slice of a global batch, and the factor for its mean loss.
 
     DDP averages the ranks' gradients; scaling rank r's mean loss by ``b_r * W / B`` makes
     that average the gradient of the mean over the whole global batch of ``B`` samples,
     also when the slices are uneven (the last batch, or ``B`` not divisible by ``W``).
+
+    The slice's rows are remembered for the step: random draws made per sample
+    (:func:`batch_rand`: dropout masks, dkpp's permutations) then take this rank's rows of
+    the single-process draw, and batch-wide sums (:func:`batch_sum`: cwtm's normaliser)
+    cover the whole global batch.
     """
+    global _batch_rows
     w = world()
     if w.size == 1 or not dist.is_initialized():
+        _batch_rows = None
         return idx, 1.0
-    part = idx.tensor_split(w.size)[w.rank]
+    parts = idx.tensor_split(w.size)
+    start = sum(p.numel() for p in parts[: w.rank])
+    part = parts[w.rank]
+    _batch_rows = (start, start + part.numel(), idx.numel())
     return part, part.numel() * w.size / max(idx.numel(), 1)
+
+
+def batch_rand(shape: tuple[int, ...] | torch.Size, *, device: torch.device | str | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """``torch.rand(shape)`` for this rank's samples, equal to those rows of the single-process draw.
+
+    ``shape[0]`` is this rank's batch. Under torchrun every rank draws the whole global
+    batch's numbers from the same (equally seeded) generator and keeps its own rows, so
+    the masks and permutations of a sample do not depend on the number of processes; in
+    one process this is plain ``torch.rand``. The draw is ``W`` times larger than a rank
+    needs, which costs little next to the forward pass it serves.
+    """
+    rows = _batch_rows
+    if generator is not None:
+        device = generator.device
+    if rows is None or rows[1] - rows[0] != shape[0]:
+        return torch.rand(tuple(shape), device=device, generator=generator)
+    start, stop, total = rows
+    return torch.rand((total, *shape[1:]), device=device, generator=generator)[start:stop]
+
+
+def batch_sum(local: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The sum of ``local`` (this rank's partial sum) over the global batch, and this rank's share of it.
+
+    Returns ``(total, b_r / B)``; in one process ``(local, 1.0)``. A loss normalised by a
+    sum over the whole batch (cwtm) divides by ``total * b_r / B`` so that, scaled as
+    :func:`local_batch` says and averaged by DDP, its gradient is the single-process one.
+    """
+    rows = _batch_rows
+    if rows is None or not dist.is_initialized():
+        return local, 1.0
+    total = local.detach().clone()
+    dist.all_reduce(total)
+    start, stop, size = rows
+    return total, (stop - start) / max(size, 1)
+
+
+def batch_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout whose mask is drawn per sample of the global batch (:func:`batch_rand`).
+
+    ``F.dropout`` under torchrun draws each rank's mask from the start of the rank's
+    generator, so a sample's mask depends on the world size; this one does not.
+    """
+    if not training or p == 0.0:
+        return x
+    keep = batch_rand(x.shape, device=x.device) >= p
+    return x * keep.to(x.dtype) / (1.0 - p)
 
 
 def all_sum(*tensors: torch.Tensor) -> None:

@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from bandistill.distributed import batch_rand, batch_sum
 from bandistill.errors import UserError
 
 LOSSES = ("ban+l", "ban", "kd", "cwtm", "dkpp")
@@ -52,9 +53,16 @@ def kl_batchmean(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
 
 
 def teacher_max_weights(teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """CWTM's per-sample weights: the teacher's max probability, normalised to sum to 1 over the batch."""
+    """CWTM's per-sample weights: the teacher's max probability, normalised to sum to 1 over the batch.
+
+    Under torchrun the batch is the global one: the normaliser is summed over every rank
+    (:func:`bandistill.distributed.batch_sum`), and divided by this rank's share so that the
+    loss scaling of :func:`~bandistill.distributed.local_batch` and DDP's gradient average
+    give exactly the single-process gradient.
+    """
     conf = F.softmax(teacher_logits.float() / temperature, dim=1).amax(dim=1)
-    return conf / conf.sum()
+    total, share = batch_sum(conf.sum())
+    return conf / (total * share if share != 1.0 else total)
 
 
 def permute_non_argmax(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -68,10 +76,8 @@ def permute_non_argmax(logits: torch.Tensor, generator: torch.Generator | None =
     rank = torch.arange(c, device=logits.device, dtype=torch.float32).expand(b, c).clone()
     rank.scatter_(1, top, -1.0)
     src = rank.argsort(dim=1)  # argmax first, then the other classes in order
-    if generator is None:
-        keys = torch.rand((b, c), device=logits.device)
-    else:
-        keys = torch.rand((b, c), generator=generator, device=generator.device).to(logits.device)
+    # per sample of the global batch: under torchrun a sample gets its single-process permutation
+    keys = batch_rand((b, c), device=logits.device, generator=generator).to(logits.device)
     keys.scatter_(1, top, -1.0)
     dst = keys.argsort(dim=1)  # argmax first, then the other classes shuffled
     out = torch.empty_like(logits)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bandistill.distributed import batch_dropout
 from bandistill.models.resnet import conv3x3, init_weights
 
 
@@ -37,7 +38,7 @@ class WideBasicBlock(nn.Module):
         out = self.conv1(pre)
         out = F.relu(self.bn2(out))
         if self.dropout > 0:
-            out = F.dropout(out, p=self.dropout, training=self.training)
+            out = batch_dropout(out, self.dropout, self.training)  # the same masks under torchrun
         return self.conv2(out) + identity
 
 
