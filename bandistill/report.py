@@ -103,32 +103,57 @@ def noise_note(row: dict[str, Any]) -> str:
 
 
 def plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
-    """report.png: error per generation and per ensemble size (with std bars over repeats)."""
+    """Write report.png (:func:`figure`)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(rows)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def figure(rows: Sequence[dict[str, Any]]):
+    """report.png's figure: every generation and ensemble on one axis, with the noise drawn.
+
+    One axis, so a difference looks as large as it is: error % of each column, bars of
+    ± one standard deviation over seeds under ``--repeats``, and a grey band one test image
+    wide (100 / test images points) on either side of the baseline. Two panels with their
+    own zoomed axes made a one-image difference on digits look like a cliff.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_gen, ax_ens) = plt.subplots(1, 2, figsize=(10, 4))
-    for row in rows:
-        gens = [c for c in row["columns"] if c == "baseline" or c.startswith("BAN-")]
-        ens = [c for c in row["columns"] if c.startswith("Ens")]
-        for ax, cols in ((ax_gen, gens), (ax_ens, ens)):
-            if not cols:
-                continue
-            means = [row["cells"][c]["error"]["mean"] for c in cols]
-            stds = [row["cells"][c]["error"]["std"] or 0.0 for c in cols]
-            ax.errorbar(range(len(cols)), means, yerr=stds, marker="o", capsize=3, label=row["network"])
-            ax.set_xticks(range(len(cols)), cols, rotation=30)
-    ax_gen.set_title("test error % per generation")
-    ax_ens.set_title("test error % per ensemble")
-    for ax in (ax_gen, ax_ens):
-        ax.set_ylabel("error %")
-        ax.grid(alpha=0.3)
-        ax.legend()
+    columns = list(rows[0]["columns"])
+    for row in rows[1:]:
+        columns += [c for c in row["columns"] if c not in columns]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(columns) + 2), 4.2))
+    one = 100.0 / rows[0]["test_samples"]
+    lows, highs = [], []
+    for n, row in enumerate(rows):
+        cols = [c for c in columns if c in row["cells"]]
+        x = [columns.index(c) + 0.08 * (n - (len(rows) - 1) / 2) for c in cols]
+        means = [row["cells"][c]["error"]["mean"] for c in cols]
+        stds = [row["cells"][c]["error"]["std"] or 0.0 for c in cols]
+        label = row["network"] + (f" ({row['repeats']} seeds, ± std)" if row["repeats"] > 1 else " (1 seed)")
+        ax.errorbar(x, means, yerr=stds, marker="o", linestyle="none", capsize=3, label=label)
+        lows += [m - s for m, s in zip(means, stds)]
+        highs += [m + s for m, s in zip(means, stds)]
+        if "baseline" in row["cells"]:
+            base = row["cells"]["baseline"]["error"]["mean"]
+            ax.axhspan(base - one, base + one, color="grey", alpha=0.2, lw=0,
+                       label=f"baseline ± 1 test image ({one:.2f} points)" if n == 0 else None)
+            lows.append(base - one)
+            highs.append(base + one)
+    pad = max(3 * one, 0.25 * (max(highs) - min(lows)))
+    ax.set_ylim(max(0.0, min(lows) - pad), max(highs) + pad)
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    ax.set_ylabel("test error %")
+    ax.set_title("test error % per generation and ensemble")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    return fig
 
 
 def write_report(out: str | os.PathLike, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None,

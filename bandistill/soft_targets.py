@@ -34,6 +34,7 @@ cache is measured against (``benchmarks/cache_fidelity.py``), not the normal pat
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -232,6 +233,10 @@ class CachedSoftTargets:
         self._prepare(epoch)
         return self._table.rows(idx, self.num_classes)
 
+    def epoch_accuracy(self, epoch: int, labels: torch.Tensor) -> float:
+        """The teacher's accuracy on ``epoch``'s views of the training split (from the cache; for collapse checks)."""
+        return _rows_accuracy(lambda idx: self.batch_logits(epoch, idx), labels)
+
     def test_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's logits on the clean test split and the labels (from the cache)."""
         with open_cache(self.path) as cache:
@@ -330,6 +335,129 @@ class LiveTeacher:
         }
 
 
+#: How a BANE teacher combines its members' soft targets (``train --teacher-average``).
+TEACHER_AVERAGES = ("probs", "logits")
+
+
+class EnsembleSoftTargets:
+    """The BANE as teacher: the average of several caches' soft targets on the same views.
+
+    Generation k learns from generations 0..k-1 together, each read from its own cache
+    (no member is ever loaded). That is only the ensemble's output if every member was
+    dumped on the *same* views, so the caches must share the view plan (kind, number of
+    views, seed) and view policy, and their stored view parameters must be equal; anything
+    else is refused (FKD's ensemble labels redraw the flip per teacher, so theirs do not
+    match).
+
+    ``average="probs"`` (the default) serves ``log(mean_k p_k)``: the mean of the members'
+    probabilities, which is the BANE as the paper defines it and as ``bandistill ensemble``
+    and the report measure it, so the student learns from exactly the ensemble whose error
+    the report shows. A mixture keeps mass on every class some member finds likely.
+    ``average="logits"`` serves ``mean_k log p_k``: after the loss's softmax, the
+    normalised geometric mean, sharper, and close to zero on a class any member rules out.
+    At ``--temperature`` T != 1 the two differ in one more way: ``logits`` softens the
+    average exactly as it would each member (``softmax(mean_k z_k / T)``), while ``probs``
+    softens the T = 1 mixture (``p̄^(1/T)``, renormalised). Both cost the same: one row per
+    member per step.
+
+    **Top-k caches**: each member's row is first reconstructed as every cached row is
+    (its exact top-k probabilities, the rest spread evenly over the other classes), then
+    averaged. So a class in one member's top k but not another's gets that member's exact
+    probability and the other's flat tail value: the union of the members' top-k sets is
+    kept, each class weighted by the members that kept it.
+    """
+
+    def __init__(self, members: list[CachedSoftTargets], average: str = "probs"):
+        if average not in TEACHER_AVERAGES:
+            raise UserError(f"unknown --teacher-average '{average}': use probs or logits")
+        first = members[0]
+        for m in members[1:]:
+            why = _views_differ(first, m)
+            if why:
+                raise UserError(f"caches {first.path} and {m.path} were dumped on other views ({why}); a BANE "
+                                "teacher averages targets of the same views: dump every member with the same "
+                                "--views, --epochs and --seed")
+        self.members, self.average = members, average
+        self.plan, self.num_samples, self.num_classes = first.plan, first.num_samples, first.num_classes
+        self.seed = first.seed
+        self.generation = max(m.generation for m in members)
+        self.loss, self.temperature, self.alpha = first.loss, first.temperature, first.alpha
+        import hashlib
+
+        joined = "|".join([average, *(m.digest for m in members)])
+        self.digest = "bane:" + hashlib.sha256(joined.encode()).hexdigest()
+
+    @property
+    def mode(self) -> str:
+        return "memory" if all(m.in_memory for m in self.members) else "stream"
+
+    def same_content(self, digest: str | None) -> bool:
+        return digest is not None and digest == self.digest
+
+    def epoch_params(self, epoch: int) -> torch.Tensor:
+        params = self.members[0].epoch_params(epoch)
+        for m in self.members[1:]:  # streamed members: compare the views each epoch actually reads
+            if not m.in_memory and not torch.equal(m.epoch_params(epoch), params):
+                raise UserError(f"caches {self.members[0].path} and {m.path} hold other view parameters for "
+                                f"epoch {epoch + 1}; dump every member with the same --views, --epochs and --seed")
+        return params
+
+    def batch_logits(self, epoch: int, idx: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 ``(B, C)`` log-probabilities of the members' average on samples ``idx`` (class docstring)."""
+        logps = torch.stack([torch.log_softmax(m.batch_logits(epoch, idx), dim=1) for m in self.members])
+        if self.average == "logits":
+            return logps.mean(dim=0)
+        return torch.logsumexp(logps, dim=0) - math.log(len(self.members))
+
+    def epoch_accuracy(self, epoch: int, labels: torch.Tensor) -> float:
+        """The averaged teacher's accuracy on ``epoch``'s views of the training split."""
+        return _rows_accuracy(lambda idx: self.batch_logits(epoch, idx), labels)
+
+    def lineage(self) -> dict[str, Any]:
+        members = [m.lineage() for m in self.members]
+        for m in members:
+            for k in ("loss", "temperature", "alpha"):
+                m.pop(k, None)
+        return {
+            "ensemble_teacher": True,
+            "teacher_average": self.average,
+            "cache": None,
+            "cache_digest": self.digest,
+            "members": members,
+            "views": self.members[0].num_views,
+            "view_plan": self.plan.kind,
+            "dump_seed": self.members[0].info.seed,
+            "top_k": [m.top_k for m in self.members],
+            "teacher_generation": self.generation,
+            "teacher_generations": [m.generation for m in self.members],
+            "loss": self.loss,
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+        }
+
+
+def _rows_accuracy(rows, labels: torch.Tensor, chunk: int = 65536) -> float:
+    """Top-1 accuracy of ``rows(idx)`` against ``labels``, a chunk of samples at a time."""
+    labels = labels.to(torch.long)
+    hits = 0
+    for start in range(0, labels.numel(), chunk):
+        idx = torch.arange(start, min(start + chunk, labels.numel()), device=labels.device)
+        hits += int((rows(idx).argmax(dim=1) == labels[idx]).sum())
+    return hits / max(labels.numel(), 1)
+
+
+def _views_differ(a: CachedSoftTargets, b: CachedSoftTargets) -> str | None:
+    """Why two caches do not hold the same views (None when they do)."""
+    pa, pb = a.plan, b.plan
+    if (pa.kind, pa.num_views) != (pb.kind, pb.num_views):
+        return f"--views {pa.kind} of {pa.num_views} vs {pb.kind} of {pb.num_views}"
+    if (pa.seed, a.info.seed) != (pb.seed, b.info.seed):
+        return f"seed {a.info.seed} vs {b.info.seed}"
+    if a.in_memory and b.in_memory and not torch.equal(a._all_params, b._all_params):
+        return "other view parameters"
+    return None
+
+
 def plan_params(plan: ViewPlan, policy: ViewPolicy, views: np.ndarray) -> torch.Tensor:
     """Parameters ``(N, P)`` of planned views ``views`` ``(N,)`` of samples ``0..N-1`` (pure functions)."""
     n = len(views)
@@ -349,7 +477,20 @@ def open_soft_targets(config: Any, dataset: ImageDataset, device: torch.device |
             raise UserError(str(exc)) from None
         return LiveTeacher(config.teacher_checkpoint, dataset, device, plan=plan, seed=config.seed,
                            loss=config.loss, temperature=config.temperature, alpha=config.alpha)
-    cache = open_cache(config.teacher_logits)
+    sources = config.teacher_logits
+    if isinstance(sources, (list, tuple)):
+        if len(sources) > 1:  # the BANE as teacher: each member's budget a share of the whole
+            share = float(getattr(config, "cache_memory_budget_gb", 4.0)) / len(sources)
+            members = [_open_cache(path, config, dataset, device, share) for path in sources]
+            return EnsembleSoftTargets(members, getattr(config, "teacher_average", None) or "probs")
+        sources = sources[0]
+    return _open_cache(sources, config, dataset, device, float(getattr(config, "cache_memory_budget_gb", 4.0)))
+
+
+def _open_cache(path: str, config: Any, dataset: ImageDataset, device: torch.device | str,
+                budget_gb: float) -> CachedSoftTargets:
+    """One cache, checked against the student's data and schedule."""
+    cache = open_cache(path)
     try:
         cache.check_fits(
             dataset=dataset.name,
@@ -362,7 +503,7 @@ def open_soft_targets(config: Any, dataset: ImageDataset, device: torch.device |
         why = cache.info.view_plan.check_epochs(int(getattr(config, "epochs", 0) or 0))
         if why:
             raise UserError(f"cache {cache.path} does not cover this student: {why}")
-        budget = float(getattr(config, "cache_memory_budget_gb", 4.0)) * GiB
+        budget = budget_gb * GiB
         return CachedSoftTargets(
             cache, device, seed=config.seed, memory_budget_bytes=budget, loss=config.loss,
             temperature=config.temperature, alpha=config.alpha,

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from bandistill import distributed
 from bandistill.checkpoint import load_checkpoint, save_checkpoint
+from bandistill.collapse import majority_rate, prediction_spread
+from bandistill.collapse import verdict as collapse_verdict
 from bandistill.data import ImageDataset, load_dataset
 from bandistill.device import resolve_device
 from bandistill.errors import NonFiniteError, UserError
@@ -53,7 +55,8 @@ RESUME_FREE_KEYS = ("device", "data_dir", "download", "cache_memory_budget_gb", 
 
 #: TrainConfig fields newer than the first recorded runs, with the default they are left out at.
 ADDED_LATER = {"sync_bn": False, "compile": "auto", "eval_every": 1, "teacher_checkpoint": None, "views": None,
-               "view_seed": None, "init_weights": None, "class_map": None, "fresh_head": False}
+               "view_seed": None, "init_weights": None, "class_map": None, "fresh_head": False,
+               "teacher_average": "probs", "warmup_epochs": 0}
 
 
 @dataclass
@@ -78,11 +81,13 @@ class TrainConfig:
     compile: str = "auto"  # how the step runs: see bandistill.step (auto: a captured CUDA graph on GPU, eager on CPU)
     eval_every: int = 1  # evaluate every N epochs; the last epoch always
     # students only: a cache (the normal path) or a live teacher (online distillation, the reference)
-    teacher_logits: str | None = None
+    teacher_logits: str | list[str] | None = None  # several caches: the BANE as teacher (their average)
+    teacher_average: str = "probs"  # how several caches combine: probs or logits (see soft_targets)
     teacher_checkpoint: str | None = None
     views: str | None = None  # live teacher: the view plan (K, "epochs", "all"; default epochs)
     view_seed: int | None = None  # live teacher: seed of the views' parameters (dump-logits --seed; default 0)
     loss: str = "ban+l"
+    warmup_epochs: int = 0  # linear lr warmup over the first N epochs (0: the paper's recipe, none)
     temperature: float = 1.0
     alpha: float = 0.5
     cache_memory_budget_gb: float = 4.0
@@ -114,12 +119,22 @@ class TrainConfig:
             raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if (self.class_map or self.fresh_head) and not self.init_weights:
             raise UserError("--class-map and --fresh-head go with --init-weights FILE")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise UserError(f"--warmup-epochs must be between 0 and --epochs ({self.epochs}), got {self.warmup_epochs}")
         if self.eval_every <= 0:
             raise UserError(f"--eval-every must be a positive integer, got {self.eval_every}")
         if self.compile not in COMPILE_MODES:
             raise UserError(f"unknown --compile '{self.compile}': choose one of {', '.join(COMPILE_MODES)}")
         if not self.cache_memory_budget_gb >= 0:
             raise UserError(f"--cache-memory-gb must be >= 0 (0 streams the cache), got {self.cache_memory_budget_gb}")
+        if isinstance(self.teacher_logits, (list, tuple)):  # one cache is its path; several, the BANE teacher
+            paths = [str(p) for p in self.teacher_logits]
+            self.teacher_logits = None if not paths else paths[0] if len(paths) == 1 else paths
+        if self.teacher_average not in ("probs", "logits"):
+            raise UserError(f"unknown --teacher-average '{self.teacher_average}': use probs or logits")
+        if self.teacher_average != "probs" and not isinstance(self.teacher_logits, list):
+            raise UserError("--teacher-average combines several --teacher-logits caches (the BANE as teacher); "
+                            "give more than one, or drop it")
         if self.teacher_logits and self.teacher_checkpoint:
             raise UserError("pass --teacher-logits (a cache) or --teacher-checkpoint (a live teacher), not both")
         if self.teacher_checkpoint:
@@ -161,12 +176,21 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
 
 
 def learning_rate(config: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """The lr at a given step: a pure function, so resuming needs no scheduler state."""
+    """The lr at a given step: a pure function, so resuming needs no scheduler state.
+
+    ``warmup_epochs`` W > 0 scales it linearly from 1/(W x steps) to 1 over the first W
+    epochs (Goyal et al. 2017), against a student collapsing in its first steps (see
+    :mod:`bandistill.collapse`); the schedule after the warmup is unchanged.
+    """
     if config.schedule == "cosine":
         t = (epoch * steps_per_epoch + step) / (config.epochs * steps_per_epoch)
-        return 0.5 * config.lr * (1.0 + math.cos(math.pi * t))
-    drops = sum(epoch >= round(m * config.epochs) for m in STEP_MILESTONES if round(m * config.epochs) > 0)
-    return config.lr * STEP_GAMMA**drops
+        lr = 0.5 * config.lr * (1.0 + math.cos(math.pi * t))
+    else:
+        drops = sum(epoch >= round(m * config.epochs) for m in STEP_MILESTONES if round(m * config.epochs) > 0)
+        lr = config.lr * STEP_GAMMA**drops
+    warmup = (config.warmup_epochs or 0) * steps_per_epoch
+    done = epoch * steps_per_epoch + step
+    return lr * (done + 1) / warmup if done < warmup else lr
 
 
 class TrainRun:
@@ -367,6 +391,8 @@ class TrainRun:
             "history": self.history,
             "metrics": self.history[-1] if self.history else {},
         }
+        if final:
+            ckpt["collapse"] = self.collapse()
         if not final:
             ckpt["optimizer"] = self.optimizer.state_dict()
             for group in ckpt["optimizer"]["param_groups"]:
@@ -442,6 +468,8 @@ class TrainRun:
                     }
                     # every rank holds this epoch's training loss: all of them stop together, before last.pt
                     _refuse_non_finite(record, c.epochs, self.out)
+                    if main and hasattr(self.targets, "epoch_accuracy"):  # what the student could have learned
+                        record["teacher_train_accuracy"] = self.targets.epoch_accuracy(epoch, data.labels)
                     if main:  # rank 0 evaluates and writes; the others wait for its record
                         if (epoch + 1) % c.eval_every == 0 or epoch + 1 == c.epochs:
                             record.update(self._evaluate(mean, std))
@@ -483,7 +511,7 @@ class TrainRun:
         test, val = self._eval_images
         logits = predict_logits(self.model, test, mean, std, device=dev, batch_size=1024)
         acc, nll = accuracy_and_nll(logits, ds.test_labels)
-        out = {"test_accuracy": acc, "test_loss": nll}
+        out = {"test_accuracy": acc, "test_loss": nll, **prediction_spread(logits, ds.test_labels, ds.num_classes)}
         if val is not None:
             vlogits = predict_logits(self.model, val, mean, std, device=dev, batch_size=1024)
             out["val_accuracy"], out["val_loss"] = accuracy_and_nll(vlogits, ds.val_labels)
@@ -495,6 +523,11 @@ class TrainRun:
         path = self.out / METRICS_FILE
         if not path.is_file() or path.read_text(errors="replace") != text:
             path.write_text(text)
+
+    def collapse(self) -> dict[str, Any]:
+        """Whether this run learned little beyond one class (:mod:`bandistill.collapse`)."""
+        ds = self.dataset
+        return collapse_verdict(self.history, majority_rate(ds.train_labels, ds.num_classes), list(ds.classes))
 
     def result(self) -> dict[str, Any]:
         last = self.history[-1]
@@ -512,6 +545,7 @@ class TrainRun:
             "processes": distributed.world().size,
             "compile": self.compile,
             "seconds": sum(h["seconds"] for h in self.history),
+            "collapse": self.collapse(),
         }
         if "val_accuracy" in last:
             res["val_accuracy"] = last["val_accuracy"]

@@ -6,6 +6,7 @@ import click
 from click.core import ParameterSource
 
 from bandistill.cli.output import print_json, print_mapping
+from bandistill.collapse import warning
 from bandistill.distributed import is_main
 from bandistill.errors import UserError
 from bandistill.step import COMPILE_MODES
@@ -35,8 +36,11 @@ LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
                    "auto: graph on a GPU, none on the CPU.")
 @click.option("--eval-every", type=int, default=1, show_default=True,
               help="Evaluate on the test split every N epochs (the last epoch always).")
-@click.option("--teacher-logits", type=click.Path(dir_okay=False), default=None,
-              help="Cache from 'bandistill dump-logits': train a student against it.")
+@click.option("--teacher-logits", type=click.Path(dir_okay=False), multiple=True,
+              help="Cache from 'bandistill dump-logits': train a student against it. Give it once per member "
+                   "to learn from their average (the BANE as teacher; the caches must share views and seed).")
+@click.option("--teacher-average", type=click.Choice(["probs", "logits"]), default="probs", show_default=True,
+              help="With several --teacher-logits: average the members' probabilities (the BANE) or logits.")
 @click.option("--teacher-checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Run this teacher live on the student's views every step (online distillation: the "
                    "reference the cache is measured against; slower).")
@@ -45,6 +49,9 @@ LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
 @click.option("--view-seed", type=int, default=None,
               help="With --teacher-checkpoint: seed of the views' parameters (dump-logits --seed; default 0).")
 @click.option("--loss", type=click.Choice(LOSSES), default="ban+l", show_default=True, help="Student loss.")
+@click.option("--warmup-epochs", type=int, default=0, show_default=True,
+              help="Raise the lr linearly over the first N epochs (0: none, the paper's recipe); against a "
+                   "student that collapses onto one class early.")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature (kd).")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the soft term (kd).")
 @click.option("--cache-memory-gb", type=float, default=4.0, show_default=True,
@@ -65,6 +72,7 @@ def command(ctx: click.Context, **opts) -> None:
     """Train a model: on labels, or born-again from a teacher's cache (--teacher-logits) or a live teacher."""
     out, resume, as_json = opts.pop("out"), opts.pop("resume"), opts.pop("as_json")
     opts["cache_memory_budget_gb"] = opts.pop("cache_memory_gb")
+    opts["teacher_logits"] = list(opts["teacher_logits"]) or None
     if not (opts["teacher_logits"] or opts["teacher_checkpoint"]):
         given = [n for n in ("loss", "temperature", "alpha") if ctx.get_parameter_source(n) != ParameterSource.DEFAULT]
         if given:  # they shape a student's loss; without a teacher they would be silently ignored
@@ -73,10 +81,13 @@ def command(ctx: click.Context, **opts) -> None:
     result = train(TrainConfig(**opts), out, resume=resume)
     if not is_main():  # under torchrun, rank 0 reports
         return
+    collapsed = warning(result.get("collapse"))
+    if collapsed:  # a run that learned nothing must not pass silently (stderr, so --json stays one object)
+        click.echo(collapsed, err=True)
     if as_json:
         print_json(result)
     else:
         print_mapping(f"trained {result['model']} on {result['dataset']}", {
             k: result[k] for k in ("generation", "epochs", "test_accuracy", "test_loss", "train_accuracy",
                                    "parameters", "seconds", "device", "checkpoint") if k in result
-        })
+        } | {"collapsed": "YES" if collapsed else "no"})
