@@ -50,17 +50,68 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise UserError(f"{path} is not a bandistill checkpoint; pass a model.pt written by 'bandistill train'")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer bandistill (format {ckpt['format_version']}); upgrade bandistill")
+    problem = _missing_part(ckpt)
+    if problem:
+        raise UserError(f"{path} lacks {problem} (edited, or not written by 'bandistill train'); retrain it or pick "
+                        "another checkpoint")
     return ckpt
 
 
+def _missing_part(ckpt: dict[str, Any]) -> str | None:
+    """What of the parts every reader needs (spec, weights, data, normalisation) is absent or mistyped."""
+    model, data, norm, weights = (ckpt.get(k) for k in ("model", "dataset", "normalization", "state_dict"))
+    if not isinstance(model, dict):
+        return "its 'model' entry (the architecture)"
+    if not (isinstance(model.get("name"), str) and _count(model.get("num_classes"))
+            and _count(model.get("in_channels")) and isinstance(model.get("options", {}), dict)):
+        return "a valid 'model' entry (name, num_classes, in_channels)"
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return "its 'state_dict' entry (the weights)"
+    if not isinstance(data, dict) or not (isinstance(data.get("name"), str) and isinstance(data.get("fingerprint"), str)):
+        return "its 'dataset' entry (the data it was trained on)"
+    if not isinstance(norm, dict) or not all(isinstance(norm.get(k), list) for k in ("mean", "std")):
+        return "its 'normalization' entry (the input mean and std)"
+    return None
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def model_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
-    """Rebuild the network a checkpoint describes and load its weights (eval mode)."""
+    """Rebuild the network a checkpoint describes and load its weights (eval mode).
+
+    :class:`UserError` when the weights do not fit the spec (a model name or class count
+    edited, weights from another network) or are not finite: a damaged input, the user's to fix.
+    """
     from bandistill.models import build_model
 
     spec = ckpt["model"]
     model = build_model(spec["name"], spec["num_classes"], spec["in_channels"], **spec.get("options", {}))
+    misfit = _misfit(model.state_dict(), ckpt["state_dict"])
+    if misfit:
+        what = f"{spec['name']} with {spec['num_classes']} classes and {spec['in_channels']} input channels"
+        raise UserError(f"the checkpoint's weights do not fit its model ({what}): {misfit}; the file was edited "
+                        "or damaged: retrain it or pick another checkpoint")
     model.load_state_dict(ckpt["state_dict"])
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"the checkpoint's weights are not finite (NaN or inf in {bad[0]}"
+                        f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): it is broken; retrain it or pick "
+                        "another checkpoint")
     return model.eval()
+
+
+def _misfit(expected: dict[str, torch.Tensor], stored: dict[str, torch.Tensor]) -> str | None:
+    """How stored weights differ from what the model holds, in a few words (None: they fit)."""
+    for key, want in expected.items():
+        if key in stored and tuple(stored[key].shape) != tuple(want.shape):
+            return f"{key} is {list(stored[key].shape)} in the file but {list(want.shape)} in the model"
+    for names, how in (([k for k in expected if k not in stored], "missing"),
+                       ([k for k in stored if k not in expected], "not in the model")):
+        if names:
+            return f"{len(names)} tensor{'s' if len(names) > 1 else ''} {how} ({names[0]}{', ...' if len(names) > 1 else ''})"
+    return None
 
 
 def normalization(ckpt: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,40 +130,3 @@ def checkpoint_dataset(ckpt: dict[str, Any], name: str | None = None, data_dir: 
 
     config = ckpt.get("config") or {}
     return load_dataset(name or ckpt["dataset"]["name"], data_dir, val_split=float(config.get("val_split") or 0.0))
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (short form). Lineage and the manifest use content digests
-    instead (:mod:`bandistill.identity`); this one is kept for files read before those existed."""
-    from bandistill.identity import file_digest as bytes_digest
-
-    return bytes_digest(path)
-
-
-def lineage_chain(checkpoint: str | Path) -> list[dict[str, Any]]:
-    """A checkpoint's ancestry, newest first: ``[{generation, model, ..., loss, cache}, ..., gen 0]``.
-
-    Read from the checkpoint alone (each student's lineage embeds its teacher's), so the
-    caches and the older checkpoints need not exist any more.
-    """
-    from bandistill.identity import checkpoint_digest
-
-    ckpt = load_checkpoint(checkpoint)
-    chain = [{
-        "generation": int(ckpt.get("generation") or 0),
-        "model": ckpt["model"]["name"],
-        "checkpoint": str(checkpoint),
-        "checkpoint_digest": checkpoint_digest(checkpoint),
-        "test_accuracy": (ckpt.get("metrics") or {}).get("test_accuracy"),
-    }]
-    link = ckpt.get("teacher")
-    while link:
-        chain[-1].update(loss=link.get("loss"), cache=link.get("cache"), cache_digest=link.get("cache_digest"))
-        chain.append({
-            "generation": link.get("teacher_generation"),
-            "model": link.get("teacher_model"),
-            "checkpoint": link.get("teacher_checkpoint"),
-            "checkpoint_digest": link.get("teacher_checkpoint_digest"),
-        })
-        link = link.get("teacher_lineage")
-    return chain

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bandistill.checkpoint import load_checkpoint
+
 #: Bytes hashed per read of an HDF5 dataset (one slab along its first axis).
 _SLAB_BYTES = 64 << 20
 #: Digest length in hex characters (64 bits: collisions are not a concern at this scale).
@@ -59,8 +61,6 @@ def checkpoint_identity(ckpt: dict[str, Any]) -> str:
 
 def checkpoint_digest(path: str | os.PathLike) -> str:
     """:func:`checkpoint_identity` of the file at ``path`` (:class:`UserError` when it is not a checkpoint)."""
-    from bandistill.checkpoint import load_checkpoint
-
     return _memoized(path, lambda: checkpoint_identity(load_checkpoint(path)))
 
 
@@ -163,3 +163,30 @@ def _memoized(path: str | os.PathLike, compute, kind: str = "content") -> str:
     if key not in _memo:
         _memo[key] = compute()
     return _memo[key]
+
+
+def lineage_chain(checkpoint: str | Path) -> list[dict[str, Any]]:
+    """A checkpoint's ancestry, newest first: ``[{generation, model, ..., loss, cache}, ..., gen 0]``.
+
+    Read from the checkpoint alone (each student's lineage embeds its teacher's), so the
+    caches and the older checkpoints need not exist any more.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    chain = [{
+        "generation": int(ckpt.get("generation") or 0),
+        "model": ckpt["model"]["name"],
+        "checkpoint": str(checkpoint),
+        "checkpoint_digest": checkpoint_digest(checkpoint),
+        "test_accuracy": (ckpt.get("metrics") or {}).get("test_accuracy"),
+    }]
+    link = ckpt.get("teacher")
+    while link:
+        chain[-1].update(loss=link.get("loss"), cache=link.get("cache"), cache_digest=link.get("cache_digest"))
+        chain.append({
+            "generation": link.get("teacher_generation"),
+            "model": link.get("teacher_model"),
+            "checkpoint": link.get("teacher_checkpoint"),
+            "checkpoint_digest": link.get("teacher_checkpoint_digest"),
+        })
+        link = link.get("teacher_lineage")
+    return chain

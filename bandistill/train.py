@@ -356,11 +356,15 @@ class TrainRun:
                 problem = exc
         if final.exists():
             try:
-                return final, load_checkpoint(final)
+                state = load_checkpoint(final)
             except UserError:
-                if problem is None:
-                    raise UserError(f"cannot resume {self.out}: {final} is damaged and there is no {LAST_FILE} to "
-                                    f"rewrite it from; move {self.out} aside and train again") from None
+                state = None
+            epochs = ((state or {}).get("config") or {}).get("epochs")
+            if state is not None and isinstance(epochs, int) and 0 < epochs == state.get("epoch"):
+                return final, state
+            if problem is None:
+                raise UserError(f"cannot resume {self.out}: its {final.name} is not a finished training run "
+                                f"(damaged, or imported) and there is no {LAST_FILE}; choose another --out")
         if problem is not None:
             raise UserError(f"cannot resume {self.out}: {last} is damaged and no finished {MODEL_FILE} is there "
                             f"({problem}); move {self.out} aside and train again") from None

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from bandistill.cache.reader import check_values, open_cache
-from bandistill.checkpoint import file_digest, load_checkpoint, normalization
+from bandistill.checkpoint import load_checkpoint, normalization
 from bandistill.device import resolve_device
 from bandistill.dump import load_teacher, teacher_dataset
 from bandistill.errors import UserError
-from bandistill.identity import checkpoint_identity
+from bandistill.identity import checkpoint_identity, file_digest
 from bandistill.inference import predict_logits
 
 #: (atol, rtol) per storage dtype, on one device in float32.

@@ -18,8 +18,8 @@ import torch
 
 from bandistill.cache import schema
 from bandistill.cache.reader import open_cache
-from bandistill.checkpoint import file_digest, load_checkpoint, save_checkpoint
-from bandistill.identity import checkpoint_digest
+from bandistill.checkpoint import load_checkpoint, save_checkpoint
+from bandistill.identity import checkpoint_digest, file_digest
 from conftest import assert_one_line_error, run_cli
 from bandistill.soft_targets import open_soft_targets
 from bandistill.dump import DumpInterrupted, LogitDump, dump_logits, is_complete

@@ -13,9 +13,8 @@ import torch
 
 from bandistill.cache import schema
 from bandistill.checkpoint import load_checkpoint
-from bandistill.identity import cache_digest, checkpoint_digest
+from bandistill.identity import cache_digest, checkpoint_digest, lineage_chain
 from conftest import run_cli
-from bandistill.checkpoint import lineage_chain
 from bandistill.soft_targets import open_soft_targets
 from bandistill.data.views import view_schedule
 from bandistill.dump import DumpInterrupted, dump_logits

@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import torch
 
-from bandistill.checkpoint import file_digest, load_checkpoint, save_checkpoint
+from bandistill.checkpoint import load_checkpoint, save_checkpoint
 from bandistill.dump import dump_logits
-from bandistill.identity import cache_digest, checkpoint_digest, output_digest
+from bandistill.identity import cache_digest, checkpoint_digest, file_digest, output_digest
 
 
 def test_a_checkpoint_saved_again_has_the_same_identity_but_other_bytes(digits_teacher, tmp_path):

@@ -43,7 +43,7 @@ def test_ban_runs_skips_and_regenerates_its_report(tmp_path):
     assert "gen2.train" in first["stages_run"]
     row = first["rows"][0]
     assert row["columns"] == ["baseline", "BAN-1", "BAN-2", "Ens*2", "Ens(0..2)"]
-    from bandistill.checkpoint import lineage_chain
+    from bandistill.identity import lineage_chain
 
     chain = lineage_chain(out / "gen2" / "model.pt")  # gen2 -> gen1 -> gen0, read from gen2's file alone
     assert [link["generation"] for link in chain] == [2, 1, 0]

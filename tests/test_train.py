@@ -324,3 +324,57 @@ def test_a_global_batch_smaller_than_the_world_is_refused(monkeypatch):
     with pytest.raises(UserError, match="--batch-size 1 is the global batch, smaller than the 2 processes"):
         TrainConfig(**_tiny(batch_size=1)).validate()
     TrainConfig(**_tiny(batch_size=2)).validate()
+
+
+# -- issue 20: checkpoints that do not hold together ------------------------------------------------
+def _edited(src, dst, edit):
+    from bandistill.checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(src)
+    edit(ckpt)
+    save_checkpoint(ckpt, dst)
+    return dst
+
+
+def _nan_weights(ckpt):
+    ckpt["state_dict"] = {k: v * float("nan") if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+
+
+EDITS = {
+    "no-model": (lambda c: c.pop("model"), "lacks its 'model' entry"),
+    "no-dataset": (lambda c: c.pop("dataset"), "lacks its 'dataset' entry"),
+    "classes": (lambda c: c.update(model={**c["model"], "num_classes": 5}), "weights do not fit its model (resnet-20 with 5 classes"),
+    "name": (lambda c: c.update(model={**c["model"], "name": "resnet-32"}), "weights do not fit its model (resnet-32"),
+    "nan": (_nan_weights, "weights are not finite"),
+}
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+@pytest.mark.parametrize("stage", ["export", "dump-logits", "teacher-checkpoint"])
+def test_a_checkpoint_that_does_not_hold_together_is_one_line_exit_2(digits_teacher, tmp_path, case, stage):
+    """KeyError, a state-dict size mismatch (tracebacks), or exit 1 for NaN weights in export but 2 in dump."""
+    from conftest import assert_one_line_error, run_cli
+
+    edit, fragment = EDITS[case]
+    bad = _edited(digits_teacher, tmp_path / "bad.pt", edit)
+    if stage == "export":
+        result = run_cli("export", bad, "--out", tmp_path / "bad.onnx")
+    elif stage == "dump-logits":
+        result = run_cli("dump-logits", "--checkpoint", bad, "--dataset", "digits", "--views", 1, "--device", "cpu",
+                         "--out", tmp_path / "c.h5")
+    else:
+        result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", 1, "--device", "cpu",
+                         "--teacher-checkpoint", bad, "--out", tmp_path / "s")
+    assert_one_line_error(result, fragment)
+
+
+def test_resume_from_a_last_pt_without_its_dataset_is_one_line(tmp_path):
+    from conftest import assert_one_line_error, run_cli
+
+    out = tmp_path / "r"
+    args = ["train", "--model", "resnet-8", "--dataset", "digits", "--epochs", 2, "--batch-size", 512,
+            "--device", "cpu", "--out", out]
+    assert run_cli(*args).exit_code == 0
+    (out / "model.pt").unlink()
+    _edited(out / "last.pt", out / "last.pt", lambda c: c.pop("dataset"))
+    assert_one_line_error(run_cli(*args, "--resume"), "last.pt is damaged", "lacks its 'dataset' entry")
