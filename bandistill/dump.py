@@ -34,19 +34,51 @@ from bandistill.cache.writer import CacheWriter, read_partial_state
 from bandistill.checkpoint import checkpoint_dataset, load_checkpoint, model_from_checkpoint, normalization
 from bandistill.data import ImageDataset
 from bandistill.device import resolve_device
-from bandistill.errors import UserError, disk_full_error, is_disk_full
+from bandistill.errors import DumpInterrupted, UserError, disk_full_error, is_disk_full
 from bandistill.identity import checkpoint_identity
 from bandistill.inference import accuracy_and_nll, predict_logits
 from bandistill.lock import file_lock
 from bandistill.progress import make_progress
 from bandistill.data.views import ViewPlan
+from bandistill.sharded_dump import run_sharded
+
+__all__ = ["DumpInterrupted", "LogitDump", "check_dump_options", "dump_logits", "is_complete", "load_teacher",
+           "teacher_dataset"]
 
 #: Largest magnitude float16 holds; a teacher beyond it needs --dtype float32.
 FLOAT16_MAX = 65504.0
+#: Most views one cache may hold (``views_complete`` and the view numbers are stored as HDF5 integers).
+MAX_VIEWS = 2**31 - 1
+#: ``--seed`` is stored as a signed 64-bit HDF5 attribute.
+SEED_RANGE = (-(2**63), 2**63 - 1)
 
 
-class DumpInterrupted(RuntimeError):
-    """Raised by the ``stop_after_views`` test hook: stands in for a dump killed midway."""
+def check_dump_options(views: int | str, *, seed: int, epochs: int | None) -> None:
+    """Refuse ``--views`` / ``--seed`` / ``--epochs`` values no dump can honour, before anything runs.
+
+    ``ban`` calls it up front (a bad value used to surface only when the first dump started,
+    after generation 0 had trained). ``--epochs`` sizes a ``--views epochs`` plan only: with
+    ``--views K`` or ``all`` it would be silently ignored, so it is refused there.
+    """
+    if not SEED_RANGE[0] <= int(seed) <= SEED_RANGE[1]:
+        raise UserError(f"--seed must fit in a signed 64-bit integer, got {seed}")
+    text = str(views).strip().lower()
+    if epochs is not None:
+        if int(epochs) < 1:
+            raise UserError(f"--epochs must be a positive integer, got {epochs} (leave it out for the teacher's epochs)")
+        if text != "epochs":
+            raise UserError(f"--epochs {epochs} sizes a '--views epochs' plan only; --views {views} does not "
+                            "depend on it: leave --epochs out, or pass --views epochs")
+        if int(epochs) > MAX_VIEWS:
+            raise UserError(f"--epochs {epochs} would dump {epochs} views; a cache holds at most {MAX_VIEWS}")
+    if text not in ("epochs", "all"):
+        try:
+            k = int(text)
+        except ValueError:
+            return  # ViewPlan.parse says what --views accepts
+        if k > MAX_VIEWS:
+            raise UserError(f"--views {views} is more views than a cache holds (at most {MAX_VIEWS}); "
+                            "pass fewer --views")
 
 
 def load_teacher(ckpt: dict[str, Any], device: torch.device) -> torch.nn.Module:
@@ -96,7 +128,9 @@ class LogitDump:
         overwrite: bool = False,
         progress: bool = True,
         log: Callable[[str], None] | None = None,
+        teacher_digest: str | None = None,
     ):
+        check_dump_options(views, seed=seed, epochs=epochs)
         if batch_size < 1:
             raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
         if dtype not in schema.DTYPES:
@@ -112,36 +146,60 @@ class LogitDump:
         self.checkpoint = Path(checkpoint)
         self.ckpt = load_checkpoint(self.checkpoint)
         self.device = resolve_device(device)
+        #: the precision the teacher runs in: bf16 autocast on CUDA, float32 elsewhere (stored as ``autocast``)
+        self.autocast = "bf16" if self.device.type == "cuda" else "none"
         self.dataset = teacher_dataset(self.ckpt, dataset, data_dir)
         self.policy = self.dataset.view_policy
         if self.policy.to_json() != self.ckpt["dataset"]["view_policy"]:
             raise UserError(f"the checkpoint's view policy {self.ckpt['dataset']['view_policy']} is not "
                             f"{self.dataset.name}'s {self.policy.to_json()}; retrain the teacher with this version")
         # --views epochs: one view per epoch of the student's schedule, by default the teacher's own
-        epochs = epochs or int((self.ckpt.get("config") or {}).get("epochs") or 0) or None
+        if epochs is None:
+            epochs = int((self.ckpt.get("config") or {}).get("epochs") or 0) or None
         try:
             self.plan = ViewPlan.parse(views, self.policy, epochs=epochs, seed=self.seed)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         self.views = self.plan.num_views
         schema.check_top_k(self.top_k, self.dataset.num_classes)
-        self.teacher_digest = checkpoint_identity(self.ckpt)  # the model it holds, not the file's bytes
+        # the model it holds, not the file's bytes; a caller that has just hashed this file (ban's
+        # manifest) passes its digest instead of paying for a second pass over the weights
+        self.teacher_digest = teacher_digest or checkpoint_identity(self.ckpt)
         self._device_images: dict[str, torch.Tensor] = {}
         self.model = load_teacher(self.ckpt, self.device)
         self.mean, self.std = normalization(self.ckpt)
-        self.estimate = self.storage_estimate(self.top_k)
-        # What HDF5 adds (superblock, headers, attributes), measured on the real layout in memory: the
-        # preflight used to leave it out, and a disk that held the arrays but not it filled mid-dump.
-        e = self.estimate
-        e["hdf5_overhead"] = CacheWriter.overhead_bytes(**self._layout())
-        e["total"] = e["logits"] + e["view_params"] + e["hdf5_overhead"] + int(self.dataset.test_labels.shape[0]) * \
-            self.dataset.num_classes * np.dtype(dtype).itemsize
+        self._estimate: dict[str, int] | None = None
+
+    @property
+    def estimate(self) -> dict[str, int]:
+        """Bytes of this dump's cache file (:meth:`file_estimate` of the whole train and test splits).
+
+        Measured on first use, which comes after the arithmetic disk-space check of a new file
+        (:meth:`open_writer`): the measurement lays the file out in memory, and a 10^12-view plan
+        used to allocate 931 GiB here before any check.
+        """
+        if self._estimate is None:
+            self._estimate = self.file_estimate(self.layout())
+        return self._estimate
 
     def storage_estimate(self, top_k: int) -> dict[str, int]:
         """Bytes of the arrays in the full-row (``top_k`` 0) or the top-k form (HDF5's own overhead aside)."""
         ds = self.dataset
         return schema.storage_bytes(self.views, ds.num_train, ds.num_classes, self.dtype, self.policy.num_params,
                                     int(ds.test_labels.shape[0]), top_k=top_k)
+
+    def file_estimate(self, layout: dict[str, Any]) -> dict[str, int]:
+        """Bytes of a cache file with ``layout`` (:meth:`CacheWriter.create`'s arguments; the whole dump's
+        is :meth:`layout`, a shard's covers its samples): the arrays plus what HDF5 adds (superblock,
+        headers, attributes), measured on the real layout in memory (a preflight that left it out let
+        a disk that held the arrays fill mid-dump)."""
+        num_test = len(layout["test_labels"])
+        e = schema.storage_bytes(layout["num_views"], layout["num_samples"], layout["num_classes"], layout["dtype"],
+                                 layout["num_params"], num_test, top_k=layout["top_k"])
+        e["hdf5_overhead"] = CacheWriter.overhead_bytes(**layout)
+        e["total"] = e["logits"] + e["view_params"] + e["hdf5_overhead"] + \
+            num_test * layout["num_classes"] * np.dtype(layout["dtype"]).itemsize
+        return e
 
     # -- what the file says about itself -------------------------------------------------
     def identity(self) -> dict[str, Any]:
@@ -179,15 +237,36 @@ class LogitDump:
             "normalization": json.dumps(self.ckpt["normalization"]),
             "classes": json.dumps(list(self.dataset.classes)),
             "device": self.device.type,
-            "autocast": "bf16" if self.device.type == "cuda" else "none",
+            "autocast": self.autocast,
             "batch_size": self.batch_size,
             "created_by": f"bandistill {__version__}",
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
-    def _differences(self, attrs: dict[str, Any]) -> list[str]:
-        mine = self.identity()
+    def differences(self, attrs: dict[str, Any], mine: dict[str, Any] | None = None) -> list[str]:
+        """``key=theirs, not mine`` for each identity attribute in which ``attrs`` differ from this dump."""
+        mine = self.identity() if mine is None else mine
         return [f"{k}={attrs.get(k)!r}, not {v!r}" for k, v in mine.items() if attrs.get(k) != v]
+
+    def check_resumable(self, partial: str | Path, attrs: dict[str, Any], mine: dict[str, Any] | None = None) -> None:
+        """Raise :class:`UserError` unless this run may finish the unfinished file ``partial`` (attributes ``attrs``).
+
+        It must be the same dump (``mine``: this dump's identity, or a shard's), and computed in the
+        same precision: a dump started on the CPU (float32) and finished on CUDA (bf16 autocast)
+        would hold views of two numerics under one ``device`` attribute, so that resume is refused
+        (finish it where it started, or start over) rather than recorded per view.
+        """
+        diff = self.differences(attrs, mine)
+        if diff:
+            raise UserError(f"an unfinished dump with other settings ({diff[0]}) is at {partial}; rerun it with "
+                            "its own options to finish it, or pass --overwrite to start this one")
+        theirs = (attrs.get("device"), attrs.get("autocast"))
+        if None not in theirs and theirs != (self.device.type, self.autocast):
+            precision = {"none": "float32", "bf16": "bf16 autocast"}
+            raise UserError(f"the unfinished dump at {partial} was computed on {theirs[0]} "
+                            f"({precision.get(theirs[1], theirs[1])}), this run would use {self.device.type} "
+                            f"({precision[self.autocast]}): one cache must not mix the two; finish it with "
+                            f"--device {theirs[0]}, or pass --overwrite to start over")
 
     def estimate_line(self) -> str:
         """The storage estimate in both forms (full rows and top-k), saying which one is written."""
@@ -212,10 +291,9 @@ class LogitDump:
         in this call (a test hook standing in for a killed process).
         """
         t0 = time.perf_counter()
-        if self.out.exists() and not self.overwrite:
-            done = self._existing_final()
-            if done is not None:
-                return done
+        done = self.existing_result()
+        if done is not None:
+            return done
         try:
             return self._write(t0, stop_after_views)
         except (OSError, RuntimeError) as exc:  # HDF5 reports a full disk as either, with errno 28 in the text
@@ -224,12 +302,7 @@ class LogitDump:
             raise
 
     def _write(self, t0: float, stop_after_views: int | None) -> dict[str, Any]:
-        writer = self._open_writer()
-        try:
-            writer.reserve(self.estimate["total"])
-        except OSError:
-            writer.close()
-            raise
+        writer = self.open_writer()
         self.log(self.estimate_line())
         resumed = writer.views_done()
         written = 0
@@ -262,7 +335,7 @@ class LogitDump:
             with contextlib.suppress(BaseException):
                 background.wait()  # a view being written is finished before the file is closed
             writer.close()
-        return self._summary(path, written=written, resumed=len(resumed), seconds=time.perf_counter() - t0)
+        return self.summary(path, written=written, resumed=len(resumed), seconds=time.perf_counter() - t0)
 
     def view_logits(self, view: int, start: int, stop: int, on_batch=None) -> tuple[np.ndarray, np.ndarray]:
         """The teacher's logits (checked storable) and the view parameters of train samples ``start:stop``.
@@ -289,11 +362,23 @@ class LogitDump:
             cached = self._device_images[split] = getattr(self.dataset, split).to(self.device)
         return cached
 
-    def _existing_final(self) -> dict[str, Any] | None:
-        """A complete file with these settings: report it. Anything else: refuse (or None to overwrite)."""
+    def existing_result(self) -> dict[str, Any] | None:
+        """What to do about a file already at ``--out``: None when there is none (or it may be replaced).
+
+        A complete cache of this very dump: its summary (nothing to do). Another cache: refused,
+        unless ``--overwrite``. A file that is not a bandistill cache (a checkpoint, an ONNX file,
+        anything else) is refused even with ``--overwrite``, which replaces caches only.
+        """
+        if not self.out.exists():
+            return None
+        if not is_cache_file(self.out):
+            raise UserError(f"--out {self.out} already exists and is not a bandistill cache; --overwrite replaces "
+                            "caches only: choose another --out, or move that file away yourself")
+        if self.overwrite:
+            return None
         try:
             with open_cache(self.out) as cache:
-                diff = self._differences(cache.info.attrs)
+                diff = self.differences(cache.info.attrs)
         except UserError as exc:
             raise UserError(f"--out {self.out} already exists and is not a complete cache of this dump ({exc}); "
                             "pass --overwrite to replace it or choose another --out") from None
@@ -301,35 +386,50 @@ class LogitDump:
             raise UserError(f"--out {self.out} already holds a dump with other settings ({diff[0]}); "
                             "pass --overwrite to replace it or choose another --out")
         self.log(f"{self.out} already holds this dump, complete; nothing to do")
-        return self._summary(self.out, written=0, resumed=self.views, seconds=0.0, already_complete=True)
+        return self.summary(self.out, written=0, resumed=self.views, seconds=0.0, already_complete=True)
 
-    def _open_writer(self) -> CacheWriter:
-        state = None if self.overwrite else read_partial_state(self.out)
+    def open_writer(self) -> CacheWriter:
+        """``<out>.partial`` reopened when it holds this dump (refused when it holds another), else
+        created after the disk-space check; either way its whole size is then reserved on disk."""
+        return self.open_file(self.out, self.identity(), self.layout())
+
+    def open_file(self, final: Path, mine: dict[str, Any], layout: dict[str, Any]) -> CacheWriter:
+        """:meth:`open_writer` for any file of this dump: the whole cache, or one rank's shard
+        (``mine``: its identity, ``layout``: :meth:`CacheWriter.create`'s arguments for it)."""
+        partial = schema.partial_path(str(final))
+        state = None if self.overwrite else read_partial_state(final)
         if state is not None and state["readable"]:
-            diff = self._differences(state["attrs"])
-            if not diff:
-                return CacheWriter.reopen(self.out)
-            raise UserError(f"an unfinished dump with other settings ({diff[0]}) is at "
-                            f"{schema.partial_path(str(self.out))}; rerun it with its own options to finish it, "
-                            "or pass --overwrite to start this one")
-        if state is not None:
-            self.log(f"{schema.partial_path(str(self.out))} cannot be read (the dump was killed mid-write); "
-                     "starting it over")
-        self._check_disk_space()
-        return CacheWriter.create(self.out, **self._layout())
+            self.check_resumable(partial, state["attrs"], mine)
+            writer = CacheWriter.reopen(final)
+        else:
+            if state is not None:
+                self.log(f"{partial} cannot be read (the dump was killed mid-write); starting it over")
+            arrays = schema.storage_bytes(layout["num_views"], layout["num_samples"], layout["num_classes"],
+                                          layout["dtype"], layout["num_params"], len(layout["test_labels"]),
+                                          top_k=layout["top_k"])
+            self.check_disk_space(arrays["total"], Path(final).parent)  # before anything of that size exists
+            writer = CacheWriter.create(final, **layout)
+        size = self.estimate if Path(final) == self.out else self.file_estimate(layout)
+        try:
+            writer.reserve(size["total"])
+        except OSError:
+            writer.close()
+            raise
+        return writer
 
-    def _layout(self) -> dict[str, Any]:
-        """The arguments of :meth:`CacheWriter.create` for this dump."""
+    def layout(self) -> dict[str, Any]:
+        """The arguments of :meth:`CacheWriter.create` (but the file name) for this dump."""
         ds = self.dataset
         return dict(attrs=self.attrs(), num_views=self.views, num_samples=ds.num_train, num_classes=ds.num_classes,
                     num_params=self.policy.num_params, dtype=self.dtype, labels=ds.train_labels.numpy(),
                     test_labels=ds.test_labels.numpy(), top_k=self.top_k)
 
-    def _check_disk_space(self) -> None:
-        folder = self.out.parent if str(self.out.parent) else Path(".")
+    def check_disk_space(self, need: int, folder: Path | None = None) -> None:
+        """Raise :class:`UserError` unless ``folder`` (default: ``--out``'s) has ``need`` bytes free."""
+        folder = folder if folder is not None else self.out.parent
+        folder = folder if str(folder) else Path(".")
         folder.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(folder).free
-        need = self.estimate["total"]
         if need > free:
             smaller = "fewer --views or --top-k" if self.dtype == "float16" else "--dtype float16, fewer --views or --top-k"
             raise UserError(f"the cache needs {schema.human_bytes(need)} but {folder} has "
@@ -347,7 +447,7 @@ class LogitDump:
                                 "dump with --dtype float32")
         return arr
 
-    def _summary(self, path: Path, *, written: int, resumed: int, seconds: float,
+    def summary(self, path: Path, *, written: int, resumed: int, seconds: float,
                  already_complete: bool = False) -> dict[str, Any]:
         with open_cache(path) as cache:
             info = cache.info
@@ -397,11 +497,14 @@ def dump_logits(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     stop_after_views: int | None = None,
+    teacher_digest: str | None = None,
 ) -> dict[str, Any]:
     """Dump ``checkpoint``'s logits on the ``views`` plan (K, ``"epochs"``, ``"all"``) of ``dataset``'s train split.
 
     ``top_k`` > 0 keeps each row's k largest logits and its log-sum-exp instead of the full
-    row; ``epochs`` is the student's epoch count for ``views="epochs"`` (default: the teacher's).
+    row; ``epochs`` is the student's epoch count for ``views="epochs"`` (default: the teacher's; refused
+    with any other plan, which it would not change). ``teacher_digest``: the checkpoint's content digest
+    when the caller has just computed it (``ban``'s manifest), so the weights are not hashed twice.
 
     Resumable and idempotent: see the module docstring. Returns a summary dict (``cache``,
     ``views_written``, ``views_resumed``, ``already_complete``, ``teacher_test_accuracy``, ...).
@@ -413,14 +516,26 @@ def dump_logits(
         with distributed.agreement():  # under torchrun: a bad checkpoint or --out on any rank stops every rank
             job = LogitDump(checkpoint, dataset, out, views=views, data_dir=data_dir, seed=seed, dtype=dtype,
                             top_k=top_k, epochs=epochs, batch_size=batch_size, device=device, overwrite=overwrite,
-                            progress=progress and w.is_main, log=log if w.is_main else None)
+                            progress=progress and w.is_main, log=log if w.is_main else None,
+                            teacher_digest=teacher_digest)
             if w.is_main:  # one dump per cache file (another would start this one's .partial over)
                 held.enter_context(file_lock(job.out))
         if w.size > 1:
-            from bandistill.sharded_dump import run_sharded
-
             return run_sharded(job, stop_after_views=stop_after_views)
         return job.run(stop_after_views=stop_after_views)
+
+
+def is_cache_file(path: str | Path) -> bool:
+    """True when ``path`` is an HDF5 file that says it is a bandistill soft-target cache (complete or not)."""
+    import h5py
+
+    try:
+        if not h5py.is_hdf5(path):
+            return False
+        with h5py.File(path, "r", locking=False) as f:
+            return schema.decode_attr(f.attrs.get("format")) == schema.FORMAT
+    except (OSError, ValueError):
+        return False
 
 
 def is_complete(path: str | Path) -> bool:

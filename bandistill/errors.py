@@ -39,3 +39,7 @@ def disk_full_error(where: object) -> UserError:
     """The one line for a write that ran out of space; the work done so far is kept and resumes."""
     return UserError(f"no space left writing {where} (disk or file size limit full); free space and run the "
                      "same command again: it resumes from what was saved")
+
+
+class DumpInterrupted(RuntimeError):
+    """Raised by the dump's ``stop_after_views`` test hook: stands in for a dump killed midway."""

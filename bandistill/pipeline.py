@@ -28,6 +28,7 @@ from bandistill.cache.schema import check_top_k, partial_path
 from bandistill.atomic import atomic_write
 from bandistill.checkpoint import load_checkpoint
 from bandistill.data import ImageDataset, load_dataset
+from bandistill.dump import check_dump_options
 from bandistill.errors import UserError
 from bandistill.launch import run_stage
 from bandistill.lock import folder_lock
@@ -91,6 +92,8 @@ class BanOptions:
             raise UserError(f"--top-k must be 0 (full rows) or a positive number of classes, got {self.top_k}")
         if self.repeats < 1:
             raise UserError(f"--repeats must be at least 1, got {self.repeats}")
+        for seed in (self.seed, self.seed + 1000 * (self.repeats - 1) + self.generations):  # every dump's seed
+            check_dump_options(self.views, seed=seed, epochs=self.epochs if self.views == "epochs" else None)
         if self.epochs < 1:
             raise UserError(f"--epochs must be a positive integer, got {self.epochs}")
         if self.nproc_per_node < 1:
@@ -292,8 +295,9 @@ class Chain:
                             "dtype": o.dtype, "seed": self.seed + k - 1, "dataset_fingerprint": fingerprint,
                             "top_k": o.top_k or None, "epochs": o.epochs if str(o.views) == "epochs" else None}
                 dump_args = dict(checkpoint=str(teacher_ckpt), dataset=o.dataset, out=str(cache), views=o.views,
-                                 top_k=o.top_k, epochs=o.epochs, data_dir=o.data_dir, seed=self.seed + k - 1, dtype=o.dtype, device=o.device,
-                                 overwrite=False)
+                                 top_k=o.top_k, epochs=dump_sig["epochs"], data_dir=o.data_dir, seed=self.seed + k - 1,
+                                 dtype=o.dtype, device=o.device, overwrite=False,
+                                 teacher_digest=None if self.planning else dump_sig["teacher"])
                 self.stage(
                     f"gen{k - 1}.dump", dump_sig, [cache],
                     lambda: _summary(run_stage("dump", dump_args, o.nproc_per_node, progress=self.progress,

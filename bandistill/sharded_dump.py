@@ -18,6 +18,13 @@ page cache), but a virtual file is not a cache on its own: it
 breaks when the shards move or one is deleted, a copy of the ``.h5`` alone is empty, and
 its digest does not cover the logits. The merge costs one sequential copy of the logits,
 small next to the teacher's forward passes.
+
+Before any shard is written, rank 0 checks that the folder holds the shards and the merged
+copy (the peak, just before the shards are deleted); each shard file is then reserved at
+its full size like a single-process dump's (:meth:`LogitDump.open_file`).
+
+This module only drives a :class:`bandistill.dump.LogitDump` through its public methods;
+``dump.py`` imports it, not the other way round.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -35,9 +42,11 @@ from bandistill.cache import schema
 from bandistill.cache.reader import read_stored_view
 from bandistill.cache.writer import CacheWriter, read_partial_state
 from bandistill.distributed import agreement, world
-from bandistill.dump import DumpInterrupted, LogitDump
-from bandistill.errors import UserError
+from bandistill.errors import DumpInterrupted
 from bandistill.progress import make_progress
+
+if TYPE_CHECKING:  # annotations only: dump.py imports this module
+    from bandistill.dump import LogitDump
 
 #: Test hook: ``"<rank>:<views>"`` makes that rank die (exit 137, like SIGKILL) after writing that many views.
 KILL_HOOK_ENV = "BANDISTILL_TEST_KILL_RANK_AFTER_VIEWS"
@@ -68,7 +77,7 @@ def all_shard_files(out: str | os.PathLike) -> list[Path]:
 class Shard:
     """This rank's part of a dump: its sample ranges and its shard file."""
 
-    def __init__(self, job: LogitDump, rank: int, size: int):
+    def __init__(self, job: "LogitDump", rank: int, size: int):
         self.job, self.rank, self.size = job, rank, size
         ds = job.dataset
         self.train = shard_range(ds.num_train, job.batch_size, rank, size)
@@ -81,23 +90,14 @@ class Shard:
         return {**self.job.identity(), "num_samples": b - a, "num_test_samples": tb - ta, "shard": shard}
 
     def open(self) -> CacheWriter:
-        """Reopen this rank's shard when it holds the same dump, else start it (refusing other settings)."""
-        job, final = self.job, shard_path(self.job.out, self.rank, self.size)
+        """Reopen this rank's shard when it holds the same dump, else start it (refusing other settings);
+        a new shard is checked against the free space and reserved at its full size."""
+        job = self.job
         mine = self.identity()
-        state = None if job.overwrite else read_partial_state(final)
-        if state is not None and state["readable"]:
-            diff = [f"{k}={state['attrs'].get(k)!r}, not {v!r}" for k, v in mine.items() if state["attrs"].get(k) != v]
-            if not diff:
-                return CacheWriter.reopen(final)
-            raise UserError(f"an unfinished sharded dump with other settings ({diff[0]}) is at "
-                            f"{schema.partial_path(str(final))}; rerun it with its own options to finish it, "
-                            "or pass --overwrite to start this one")
         ds, (a, b), (ta, tb) = job.dataset, self.train, self.test
-        return CacheWriter.create(
-            final, attrs={**job.attrs(), "shard": mine["shard"]}, num_views=job.views, num_samples=b - a,
-            num_classes=ds.num_classes, num_params=job.policy.num_params, dtype=job.dtype,
-            labels=ds.train_labels[a:b].numpy(), test_labels=ds.test_labels[ta:tb].numpy(), top_k=job.top_k,
-        )
+        layout = {**job.layout(), "attrs": {**job.attrs(), "shard": mine["shard"]}, "num_samples": b - a,
+                  "labels": ds.train_labels[a:b].numpy(), "test_labels": ds.test_labels[ta:tb].numpy()}
+        return job.open_file(shard_path(job.out, self.rank, self.size), mine, layout)
 
     def write(self, skip_views: set[int], skip_test: bool, *, stop_after_views: int | None = None) -> tuple[int, int]:
         """Compute and store every view of this shard not already merged or written; returns (written, resumed)."""
@@ -136,23 +136,19 @@ class Shard:
         return np.zeros((0, self.job.dataset.num_classes), dtype=np.float32)
 
 
-def merged_so_far(job: LogitDump) -> tuple[set[int], bool]:
+def merged_so_far(job: "LogitDump") -> tuple[set[int], bool]:
     """Views (and whether the test logits) already in ``<out>.partial``: a merge cut short, or a
     single-process dump that was interrupted. No shard recomputes them."""
     state = None if job.overwrite else read_partial_state(job.out)
     if state is None or not state["readable"]:
         return set(), False
-    diff = job._differences(state["attrs"])
-    if diff:
-        raise UserError(f"an unfinished dump with other settings ({diff[0]}) is at "
-                        f"{schema.partial_path(str(job.out))}; rerun it with its own options to finish it, "
-                        "or pass --overwrite to start this one")
+    job.check_resumable(schema.partial_path(str(job.out)), state["attrs"])
     return set(state["views_done"]), bool(state["attrs"].get("test_complete"))
 
 
-def merge_shards(job: LogitDump, size: int) -> Path:
+def merge_shards(job: "LogitDump", size: int) -> Path:
     """Rank 0: copy the complete shards, view by view, into ``<out>.partial``, finish it, delete the shards."""
-    writer = job._open_writer()
+    writer = job.open_writer()
     parts = [shard_partial(job.out, r, size) for r in range(size)]
     files: list[h5py.File] = []
     try:
@@ -175,17 +171,26 @@ def merge_shards(job: LogitDump, size: int) -> Path:
     return path
 
 
-def run_sharded(job: LogitDump, *, stop_after_views: int | None = None) -> dict[str, Any]:
+def check_room(job: "LogitDump", size: int) -> None:
+    """Rank 0, before any shard is written: the folder must hold every shard and the merged copy (the peak,
+    just before the shards are deleted), less what the files already there reserved."""
+    there = [shard_partial(job.out, r, size) for r in range(size)] + [Path(schema.partial_path(str(job.out)))]
+    held = sum(p.stat().st_size for p in there if p.exists() and not job.overwrite)
+    job.check_disk_space(max(0, 2 * job.estimate["total"] - held))
+
+
+def run_sharded(job: "LogitDump", *, stop_after_views: int | None = None) -> dict[str, Any]:
     """This rank's part of a sharded dump, then (rank 0) the merge; every rank returns the summary."""
     w, t0 = world(), time.perf_counter()
     with agreement():
-        done = job._existing_final() if job.out.exists() and not job.overwrite else None
+        done = job.existing_result()
     if done is not None:
         return done
     shard = Shard(job, w.rank, w.size)
     with agreement():
         skip_views, skip_test = merged_so_far(job)
         if w.is_main:
+            check_room(job, w.size)
             job.log(job.estimate_line())
             job.log(f"{w.size} ranks each write a shard ({shard_partial(job.out, 0, w.size).name} ...); "
                     f"rank 0 merges them into {job.out}")
@@ -194,8 +199,8 @@ def run_sharded(job: LogitDump, *, stop_after_views: int | None = None) -> dict[
     with agreement():
         if w.is_main:
             merge_shards(job, w.size)
-    return job._summary(job.out, written=written, resumed=resumed + len(skip_views),
-                        seconds=time.perf_counter() - t0)
+    return job.summary(job.out, written=written, resumed=resumed + len(skip_views),
+                       seconds=time.perf_counter() - t0)
 
 
 def _kill_hook(rank: int) -> int | None:

@@ -191,7 +191,7 @@ def test_output_that_is_not_a_cache_is_not_clobbered(teacher, tmp_path):
     out.write_text("my notes")
     result = run_cli("dump-logits", "--checkpoint", teacher, "--dataset", "digits", "--views", 2,
                      "--device", "cpu", "--out", out)
-    assert_one_line_error(result, "already exists", "--overwrite")
+    assert_one_line_error(result, "already exists", "not a bandistill cache", "replaces caches only")
     assert out.read_text() == "my notes"
 
 
