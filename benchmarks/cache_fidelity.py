@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             path = out / "caches" / f"{name}.h5"
             t0 = time.perf_counter()
             res = dump_logits(teacher_ckpt, dataset, path, views=views, data_dir=data_dir, top_k=top_k,
-                              epochs=args.epochs, device="cpu", progress=False)
+                              epochs=args.epochs if str(views) == "epochs" else None, device="cpu", progress=False)
             seconds = res["seconds"] if not res["already_complete"] else None
             meta = path.with_suffix(".json")
             if seconds is not None:
