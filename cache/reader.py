@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -20,6 +20,9 @@ import numpy as np
 from bandistill.cache import schema
 from bandistill.errors import UserError
 from bandistill.data.views import VIEW_PLANS, ViewPlan
+
+if TYPE_CHECKING:
+    from bandistill.data.views import ViewPolicy
 
 
 @dataclass(frozen=True)
@@ -174,11 +177,8 @@ def check_values(cache: SoftTargetCache) -> None:
                 where = f" (from row {start} of axis 0)" if ds.shape else ""
                 raise UserError(f"cache {path} is damaged: {name} holds NaN or inf values{where}; dump the cache again")
     if schema.VIEW_PARAMS in f:
-        try:
-            from bandistill.data.views import ViewPolicy
-
-            policy = ViewPolicy.from_json(cache.info.view_policy)
-        except (TypeError, ValueError):
+        policy = view_policy_of(cache.info)
+        if policy is None:
             return  # a policy this version does not know: check_fits refuses it where it matters
         hi = np.array([2 * policy.pad, 2 * policy.pad, 1 if policy.flip else 0])
         ds = f[schema.VIEW_PARAMS]
@@ -261,34 +261,33 @@ def _read_info(path: Path, f: h5py.File) -> CacheInfo:
     missing = [a for a in schema.REQUIRED_ATTRS if a not in attrs]
     if version >= 2:
         missing += [a for a in schema.REQUIRED_ATTRS_V2 if a not in attrs]
-    top_k = int(attrs.get("top_k", 0) or 0) if not missing else 0
+    top_k = int(attrs.get("top_k", 0)) if not missing and _is_int(attrs.get("top_k", 0)) else 0
     targets = schema.TOPK if top_k else schema.LOGITS
     missing += [d for d in (targets, schema.VIEW_PARAMS, schema.LABELS, schema.VIEWS_COMPLETE,
                             schema.TEST_LOGITS, schema.TEST_LABELS) if d not in f]
     if missing:
         raise UserError(f"cache {path} is damaged ({missing[0]} is missing); dump the cache again")
-    try:
-        teacher = json.loads(attrs["teacher"])
-    except (TypeError, ValueError):
-        teacher = {"model": str(attrs["teacher"])}
     info = CacheInfo(
         path=str(path),
         format_version=int(version),
-        dataset=str(attrs["dataset"]),
-        dataset_fingerprint=str(attrs["dataset_fingerprint"]),
-        num_classes=int(attrs["num_classes"]),
-        num_samples=int(attrs["num_samples"]),
-        num_test_samples=int(attrs["num_test_samples"]),
-        num_views=int(attrs["num_views"]),
-        view_policy=str(attrs["view_policy"]),
-        seed=int(attrs["seed"]),
-        dtype=str(attrs["dtype"]),
-        teacher=teacher,
-        complete=bool(attrs["complete"]),
+        dataset=_attr(path, attrs, "dataset", str),
+        dataset_fingerprint=_attr(path, attrs, "dataset_fingerprint", str),
+        num_classes=_attr(path, attrs, "num_classes", int, low=1),
+        num_samples=_attr(path, attrs, "num_samples", int, low=0),
+        num_test_samples=_attr(path, attrs, "num_test_samples", int, low=0),
+        num_views=_attr(path, attrs, "num_views", int, low=1),
+        view_policy=_attr(path, attrs, "view_policy", str),
+        seed=_attr(path, attrs, "seed", int),
+        dtype=_attr(path, attrs, "dtype", str),
+        teacher=_teacher(path, attrs["teacher"]),
+        complete=_attr(path, attrs, "complete", bool),
         attrs=attrs,
         view_plan=_view_plan(path, attrs),
-        top_k=top_k,
+        top_k=_attr(path, attrs, "top_k", int, low=0) if "top_k" in attrs else 0,
     )
+    if info.dtype not in schema.DTYPES:
+        raise UserError(f"cache {path} is damaged: its dtype attribute is {info.dtype!r}, not one of "
+                        f"{', '.join(schema.DTYPES)}; dump the cache again")
     k, n, c = info.num_views, info.num_samples, info.num_classes
     if info.view_plan.num_views != k:
         raise UserError(f"cache {path} is damaged: its view plan names {info.view_plan.num_views} views, "
@@ -303,13 +302,71 @@ def _read_info(path: Path, f: h5py.File) -> CacheInfo:
         if tuple(f[name].shape) != shape:
             raise UserError(f"cache {path} is damaged: {name} has shape {tuple(f[name].shape)}, "
                             f"its attributes say {shape}; dump the cache again")
-    if top_k and f[targets].dtype.names != ("values", "indices", "logsumexp") \
-            or top_k and f[targets].dtype["values"].shape != (top_k,):
-        raise UserError(f"cache {path} is damaged: {targets} does not hold top-{top_k} records; dump the cache again")
+    if top_k and f[targets].dtype != schema.topk_dtype(top_k, c, info.dtype):
+        raise UserError(f"cache {path} is damaged: {targets} does not hold top-{top_k} records of {info.dtype}; "
+                        "dump the cache again")
+    # the stored type must be the one the attributes name: int32 logits read as float16 teach a teacher
+    # 100x sharper, bytes cannot be read as logits at all
+    for name in ((schema.LOGITS,) if not top_k else ()) + (schema.TEST_LOGITS,):
+        if f[name].dtype != np.dtype(info.dtype):
+            raise UserError(f"cache {path} is damaged: {name} is stored as {f[name].dtype}, its dtype attribute "
+                            f"says {info.dtype}; dump the cache again")
+    for name in (schema.LABELS, schema.TEST_LABELS, schema.VIEW_PARAMS, schema.VIEWS_COMPLETE):
+        if f[name].dtype.kind not in "iu":
+            raise UserError(f"cache {path} is damaged: {name} is stored as {f[name].dtype}, not integers; "
+                            "dump the cache again")
     vp = f[schema.VIEW_PARAMS].shape
-    if len(vp) != 3 or vp[:2] != (k, n):
-        raise UserError(f"cache {path} is damaged: view_params has shape {tuple(vp)}; dump the cache again")
+    policy = view_policy_of(info)
+    columns = policy.num_params if policy is not None else (vp[2] if len(vp) == 3 else -1)
+    if len(vp) != 3 or vp != (k, n, columns):
+        raise UserError(f"cache {path} is damaged: view_params has shape {tuple(vp)}, its attributes say "
+                        f"{(k, n, columns)}; dump the cache again")
     return info
+
+
+def view_policy_of(info: CacheInfo) -> "ViewPolicy | None":
+    """The view policy a cache names; None when this version does not know it (``check_fits`` refuses it
+    where it matters)."""
+    from bandistill.data.views import ViewPolicy
+
+    try:
+        return ViewPolicy.from_json(info.view_policy)
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _attr(path: Path, attrs: dict[str, Any], name: str, kind: type, low: int | None = None) -> Any:
+    """Root attribute ``name`` as ``kind``; :class:`UserError` when it has another type (``num_classes`` a
+    word, ``seed`` a string) or is below ``low``, instead of a TypeError or ValueError deep in training."""
+    value = attrs[name]
+    ok = (_is_int(value) if kind is int else
+          isinstance(value, (bool, np.bool_)) or (_is_int(value) and value in (0, 1)) if kind is bool else
+          isinstance(value, kind))
+    if ok and kind is int and low is not None and value < low:
+        ok = False
+    if not ok:
+        want = {int: "an integer" + (f" >= {low}" if low is not None else ""), str: "a string",
+                bool: "true or false"}[kind]
+        raise UserError(f"cache {path} is damaged: its {name} attribute is {value!r}, not {want}; "
+                        "dump the cache again")
+    return kind(value)
+
+
+def _teacher(path: Path, value: Any) -> dict[str, Any]:
+    """The ``teacher`` attribute: JSON of an object (a plain model name is read as one, as early files had)."""
+    if isinstance(value, str):
+        try:
+            teacher = json.loads(value)
+        except ValueError:
+            return {"model": value}
+        if isinstance(teacher, dict):
+            return teacher
+    raise UserError(f"cache {path} is damaged: its teacher attribute is {value!r}, not the JSON object a dump "
+                    "writes; dump the cache again")
 
 
 def _view_plan(path: Path, attrs: dict[str, Any]) -> ViewPlan:
@@ -318,9 +375,12 @@ def _view_plan(path: Path, attrs: dict[str, Any]) -> ViewPlan:
         return ViewPlan("fixed", int(attrs["num_views"]), int(attrs["seed"]))
     try:
         plan = ViewPlan.from_json(str(attrs["view_plan"]))
-    except (TypeError, ValueError, KeyError):
+        ok = isinstance(plan.kind, str) and _is_int(plan.num_views) and _is_int(plan.seed)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        ok = False
+    if not ok:
         raise UserError(f"cache {path} is damaged (view_plan {attrs['view_plan']!r} is not a view plan); "
-                        "dump the cache again") from None
+                        "dump the cache again")
     if plan.kind not in ("fixed", *VIEW_PLANS):
         raise UserError(f"cache {path} has view plan '{plan.kind}', which this bandistill does not know; "
                         "upgrade bandistill")
