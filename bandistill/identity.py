@@ -32,8 +32,6 @@ import torch
 
 from bandistill.checkpoint import load_checkpoint
 
-#: Bytes hashed per read of an HDF5 dataset (one slab along its first axis).
-_SLAB_BYTES = 64 << 20
 #: Digest length in hex characters (64 bits: collisions are not a concern at this scale).
 DIGEST_CHARS = 16
 
@@ -64,58 +62,21 @@ def checkpoint_digest(path: str | os.PathLike) -> str:
     return _memoized(path, lambda: checkpoint_identity(load_checkpoint(path)))
 
 
-def cache_identity_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    """The root attributes that say what a cache's arrays are (provenance left out).
-
-    Everything is kept except :data:`bandistill.cache.schema.PROVENANCE_ATTRS` (when and
-    where and with which batch size it was written), and the ``teacher`` JSON is reduced
-    to the teacher's model, content digest and generation (its path and lineage are
-    provenance too).
-    """
-    from bandistill.cache.schema import PROVENANCE_ATTRS, decode_attr
-
-    out: dict[str, Any] = {}
-    for key, value in attrs.items():
-        if key in PROVENANCE_ATTRS:
-            continue
-        value = decode_attr(value)
-        if key == "teacher":
-            try:
-                t = json.loads(value)
-                value = {k: t.get(k) for k in ("model", "checkpoint_digest", "generation")}
-            except (TypeError, ValueError, AttributeError):
-                pass
-        elif isinstance(value, np.ndarray):
-            value = value.tolist()
-        out[key] = value
-    return out
-
-
 def cache_digest(path: str | os.PathLike) -> str:
     """The digest of a cache: every dataset in the file (name, dtype, shape, values) and its identity attributes.
 
     Generic over the datasets: a format that adds arrays (top-k values and indices, row
-    log-sum-exps) is covered without a change here. Reads the file once, a slab at a time.
+    log-sum-exps) is covered without a change here. Reads the file once, a slab at a time
+    (:func:`bandistill.cache.content.content_pass`, which a student's start-up also uses to
+    check and load the cache in the same read).
     """
     import h5py
 
+    from bandistill.cache.content import content_pass
+
     def compute() -> str:
-        h = hashlib.sha256()
         with h5py.File(path, "r", locking=False) as f:
-            h.update(json.dumps(cache_identity_attrs(dict(f.attrs)), sort_keys=True, default=str).encode())
-            names: list[str] = []
-            f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-            for name in sorted(names):
-                ds = f[name]
-                h.update(f"{name}|{ds.dtype.str}|{ds.shape}|".encode())
-                if ds.shape == ():
-                    _update_array(h, "", np.asarray(ds[()]))
-                    continue
-                row = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
-                step = max(1, _SLAB_BYTES // row)
-                for start in range(0, ds.shape[0], step):
-                    h.update(memoryview(np.ascontiguousarray(ds[start:start + step])).cast("B"))
-        return h.hexdigest()[:DIGEST_CHARS]
+            return content_pass(f).digest
 
     return _memoized(path, compute)
 

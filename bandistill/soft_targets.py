@@ -41,12 +41,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from bandistill.cache.reader import SoftTargetCache, check_values, open_cache, read_stored_view
+from bandistill.cache import schema
+from bandistill.cache.reader import SoftTargetCache, open_cache, read_stored_view
 from bandistill.checkpoint import load_checkpoint, model_from_checkpoint, normalization
 from bandistill.data import ImageDataset
 from bandistill.device import autocast
 from bandistill.errors import UserError
-from bandistill.identity import cache_digest, checkpoint_identity
+from bandistill.identity import checkpoint_identity
 from bandistill.data.views import ViewPlan, ViewPolicy
 
 GiB = 1 << 30
@@ -143,18 +144,32 @@ class CachedSoftTargets:
         self.num_samples, self.num_classes, self.top_k = info.num_samples, info.num_classes, info.top_k
         self.generation = info.teacher_generation
         self.loss, self.temperature, self.alpha = loss, float(temperature), float(alpha)
-        self.digest = cache_digest(self.path)  # content, not bytes: the same cache dumped again matches
         params_bytes = info.num_views * info.num_samples * 3 * 2
         self.in_memory = cache.logits_nbytes + params_bytes <= memory_budget_bytes
+        # One read of the whole file checks its values, gives its content digest and (in memory) loads it.
+        content = cache.load(keep_targets=self.in_memory)
+        self.digest = content.digest  # content, not bytes: the same cache dumped again matches
+        self._test = (content.arrays[schema.TEST_LOGITS], content.arrays[schema.TEST_LABELS])
         self._all: _Table | None = None  # (K, N, ...) in memory
         self._all_params: torch.Tensor | None = None
+        # Streaming keeps this very file open: the content the digest names is what every epoch reads,
+        # even if a dump --overwrite replaces the path mid-run (a replaced file lives on while open).
+        self._file: SoftTargetCache | None = None
         if self.in_memory:
-            self._all = _Table(cache.read_stored_all(), self.top_k, self.device)
-            self._all_params = torch.from_numpy(cache.read_view_params_all()).to(self.device)
+            self._all = _Table(content.arrays[info.targets_name], self.top_k, self.device)
+            self._all_params = torch.from_numpy(content.arrays[schema.VIEW_PARAMS]).to(self.device)
+        else:
+            self._file = cache
         self._key: Any = None  # what the current epoch table holds: a view number, or ("epoch", e) for 'all'
         self._epoch = -1
         self._table: _Table | None = None
         self._params: torch.Tensor | None = None
+
+    def close(self) -> None:
+        """Close the cache file a streaming student holds open (a no-op in memory)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     @property
     def mode(self) -> str:
@@ -206,21 +221,23 @@ class CachedSoftTargets:
         self._key = key
 
     def _stream(self, views: np.ndarray) -> tuple[_Table, torch.Tensor]:
-        """Assemble an epoch table from the cache file: one sequential read per view the epoch needs."""
-        with open_cache(self.path) as cache:
-            needed = np.unique(views)
-            if len(needed) == 1:
-                v = int(needed[0])
-                stored, params = cache.read_stored_view(v), cache.read_view_params(v)
-            else:
-                stored = params = None
-                for v in needed:
-                    rows = np.flatnonzero(views == v)
-                    block = read_stored_view(cache.f, self.top_k, int(v))
-                    pblock = cache.read_view_params(int(v))
-                    if stored is None:
-                        stored, params = np.empty_like(block), np.empty_like(pblock)
-                    stored[rows], params[rows] = block[rows], pblock[rows]
+        """Assemble an epoch table from the open cache file: one sequential read per view the epoch needs."""
+        cache = self._file
+        if cache is None:
+            raise ValueError(f"the cache {self.path} was closed")
+        needed = np.unique(views)
+        if len(needed) == 1:
+            v = int(needed[0])
+            stored, params = cache.read_stored_view(v), cache.read_view_params(v)
+        else:
+            stored = params = None
+            for v in needed:
+                rows = np.flatnonzero(views == v)
+                block = read_stored_view(cache.f, self.top_k, int(v))
+                pblock = cache.read_view_params(int(v))
+                if stored is None:
+                    stored, params = np.empty_like(block), np.empty_like(pblock)
+                stored[rows], params[rows] = block[rows], pblock[rows]
         return _Table(stored, self.top_k, self.device), torch.from_numpy(params).to(self.device)
 
     def epoch_params(self, epoch: int) -> torch.Tensor:
@@ -238,9 +255,8 @@ class CachedSoftTargets:
         return _rows_accuracy(lambda idx: self.batch_logits(epoch, idx), labels)
 
     def test_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The teacher's logits on the clean test split and the labels (from the cache)."""
-        with open_cache(self.path) as cache:
-            logits, labels = cache.read_test()
+        """The teacher's logits on the clean test split and the labels (read from the cache at start-up)."""
+        logits, labels = self._test
         return torch.from_numpy(logits.astype(np.float32)), torch.from_numpy(labels)
 
     def lineage(self) -> dict[str, Any]:
@@ -499,14 +515,18 @@ def _open_cache(path: str, config: Any, dataset: ImageDataset, device: torch.dev
             num_samples=dataset.num_train,
             view_policy=dataset.view_policy.to_json(),
         )
-        check_values(cache)  # NaN/inf logits or out-of-range views: refused before training, not trained on
         why = cache.info.view_plan.check_epochs(int(getattr(config, "epochs", 0) or 0))
         if why:
             raise UserError(f"cache {cache.path} does not cover this student: {why}")
         budget = budget_gb * GiB
-        return CachedSoftTargets(
+        # NaN/inf logits or out-of-range views are refused here, before training, in the pass that loads it
+        targets = CachedSoftTargets(
             cache, device, seed=config.seed, memory_budget_bytes=budget, loss=config.loss,
             temperature=config.temperature, alpha=config.alpha,
         )
-    finally:
+    except BaseException:
         cache.close()
+        raise
+    if targets.in_memory:
+        cache.close()  # everything is in memory; a streaming student keeps the file open (see CachedSoftTargets)
+    return targets

@@ -8,9 +8,15 @@ samples x 162 views x 100 classes, float16, i.e. CIFAR-100 with every pad-crop-f
 * ``digest``: :func:`bandistill.identity.cache_digest` (what the manifest pays per cache output,
   and a student once at start-up);
 * ``check``: :func:`bandistill.cache.reader.check_values` (NaN/inf and view-parameter range scan
-  a student runs when it opens a cache).
+  a student runs when it opens a cache);
+* ``start_three``: what a student's start-up did before issue 20, three passes: ``check``, ``digest``,
+  then loading every view into memory (``read_stored_all`` + ``read_view_params_all``);
+* ``start_one``: what it does now, one pass doing all three
+  (:meth:`bandistill.cache.reader.SoftTargetCache.load`, ``keep_targets=True``); ``stream_two`` /
+  ``stream_one``: the same for a streaming student (check + digest, no load).
 
-It prints wall and CPU seconds, GB/s and the ratios ``digest_over_read`` and ``check_over_read``. Reads are
+It prints wall and CPU seconds, GB/s and the ratios ``digest_over_read``, ``check_over_read``,
+``one_over_three`` (start_one / start_three) and ``stream_one_over_two``. Reads are
 warm (the file was just written and sits in the page cache); the best of ``--repeats`` is
 reported. The file is written under ``--dir`` (default: a temporary folder) and deleted.
 
@@ -94,6 +100,26 @@ def main() -> None:
                 check_values(cache)
 
         (t_check, c_check) = best_of(a.repeats, check)
+
+        def start_three(load: bool) -> None:
+            with open_cache(path) as cache:
+                check_values(cache)
+                identity.cache_digest(path)
+                if load:
+                    cache.read_stored_all(), cache.read_view_params_all()
+
+        def start_one(load: bool) -> None:
+            with open_cache(path) as cache:
+                cache.load(keep_targets=load)
+
+        # interleaved, so a change in the machine's load hits both alike
+        timings: dict[str, list[tuple[float, float]]] = {k: [] for k in ("three", "one", "stream_two", "stream_one")}
+        for _ in range(a.repeats):
+            timings["three"].append(best_of(1, lambda: start_three(True)))
+            timings["one"].append(best_of(1, lambda: start_one(True)))
+            timings["stream_two"].append(best_of(1, lambda: start_three(False)))
+            timings["stream_one"].append(best_of(1, lambda: start_one(False)))
+        best = {k: (min(w for w, _ in v), min(c for _, c in v)) for k, v in timings.items()}
     result = {
         "file_bytes": size,
         "read_s": t_read, "digest_s": t_digest, "check_s": t_check,
@@ -101,6 +127,11 @@ def main() -> None:
         "read_gb_per_s": size / t_read / 1e9, "digest_gb_per_s": size / t_digest / 1e9,
         "check_gb_per_s": size / t_check / 1e9,
         "digest_over_read": t_digest / t_read, "check_over_read": t_check / t_read,
+        "start_three_s": best["three"][0], "start_one_s": best["one"][0],
+        "start_three_cpu_s": best["three"][1], "start_one_cpu_s": best["one"][1],
+        "stream_two_s": best["stream_two"][0], "stream_one_s": best["stream_one"][0],
+        "one_over_three": best["one"][0] / best["three"][0],
+        "stream_one_over_two": best["stream_one"][0] / best["stream_two"][0],
     }
     if a.json:
         print(json.dumps(result, indent=2))
@@ -110,6 +141,11 @@ def main() -> None:
             print(f"  {key:6s} {result[key + '_s']:7.2f} s wall ({result[key + '_cpu_s']:.2f} s CPU)  "
                   f"{result[key + '_gb_per_s']:5.2f} GB/s")
         print(f"  digest_over_read {result['digest_over_read']:.2f}  check_over_read {result['check_over_read']:.2f}")
+        print(f"  student start in memory: three passes {result['start_three_s']:.2f} s "
+              f"({result['start_three_cpu_s']:.2f} s CPU), one pass {result['start_one_s']:.2f} s "
+              f"({result['start_one_cpu_s']:.2f} s CPU): one_over_three {result['one_over_three']:.2f}")
+        print(f"  streaming student start: two passes {result['stream_two_s']:.2f} s, one pass "
+              f"{result['stream_one_s']:.2f} s: stream_one_over_two {result['stream_one_over_two']:.2f}")
 
 
 if __name__ == "__main__":

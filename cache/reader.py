@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from bandistill.cache import schema
+from bandistill.cache.content import ContentPass, ValueCheck, content_pass
 from bandistill.errors import UserError
 from bandistill.data.views import VIEW_PLANS, ViewPlan
 
@@ -108,6 +109,16 @@ class SoftTargetCache:
         """Teacher logits on the clean test split, and the test labels."""
         return self.f[schema.TEST_LOGITS][()], self.f[schema.TEST_LABELS][()]
 
+    def load(self, *, keep_targets: bool) -> ContentPass:
+        """One pass over the whole file (what a student pays once at start-up): the value check
+        (:func:`check_values`), the content digest (:func:`bandistill.identity.cache_digest`) and
+        the test split, plus with ``keep_targets`` the soft targets and view parameters of every view.
+        Raises :class:`UserError` on NaN/inf or out-of-range view parameters."""
+        keep = [schema.TEST_LOGITS, schema.TEST_LABELS]
+        if keep_targets:
+            keep += [self.info.targets_name, schema.VIEW_PARAMS]
+        return content_pass(self.f, check=value_check(self), keep=keep)
+
     @property
     def logits_nbytes(self) -> int:
         """Bytes of the train soft targets (full rows or top-k records)."""
@@ -159,40 +170,17 @@ def check_values(cache: SoftTargetCache) -> None:
 
     A NaN or inf logit would train a student on garbage with exit 0, and a crop offset beyond
     the policy's padding indexes outside the image. Generic over the file's datasets (a format
-    with top-k values or log-sum-exps is covered); reads the file once, a slab at a time.
+    with top-k values or log-sum-exps is covered); reads the file once, a slab at a time. A
+    student that also needs the digest and the arrays uses :meth:`SoftTargetCache.load` instead.
     """
-    f, path = cache.f, cache.path
-    names: list[str] = []
-    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-    for name in sorted(names):
-        ds = f[name]
-        # float arrays, and the float fields of record arrays (a top-k cache's values and log-sum-exps)
-        fields = [None] if ds.dtype.kind == "f" else [n for n in (ds.dtype.names or ()) if ds.dtype[n].base.kind == "f"]
-        if not fields or ds.size == 0:
-            continue
-        step = max(1, (64 << 20) // max(1, ds.size // max(1, ds.shape[0]) * ds.dtype.itemsize)) if ds.shape else 1
-        for start in range(0, ds.shape[0] if ds.shape else 1, step):
-            part = ds[start:start + step] if ds.shape else ds[()]
-            if not all(_all_finite(np.ascontiguousarray(part if n is None else part[n])) for n in fields):
-                where = f" (from row {start} of axis 0)" if ds.shape else ""
-                raise UserError(f"cache {path} is damaged: {name} holds NaN or inf values{where}; dump the cache again")
-    if schema.VIEW_PARAMS in f:
-        policy = view_policy_of(cache.info)
-        if policy is None:
-            return  # a policy this version does not know: check_fits refuses it where it matters
-        hi = np.array([2 * policy.pad, 2 * policy.pad, 1 if policy.flip else 0])
-        ds = f[schema.VIEW_PARAMS]
-        for v in range(ds.shape[0]):
-            p = ds[v]
-            if p.size and ((p < 0).any() or (p > hi[: p.shape[-1]]).any()):
-                raise UserError(f"cache {path} is damaged: view_params of view {v} are out of range for its view "
-                                f"policy {cache.info.view_policy}; dump the cache again")
+    content_pass(cache.f, digest=False, check=value_check(cache))
 
 
-def _all_finite(arr: np.ndarray) -> bool:
-    if arr.dtype == np.float16:  # exponent bits all set means inf or NaN; numpy's isfinite on float16 is slow
-        return not bool((np.bitwise_and(arr.view(np.uint16), 0x7C00) == 0x7C00).any())
-    return bool(np.isfinite(arr).all())
+def value_check(cache: SoftTargetCache) -> ValueCheck:
+    """What :func:`~bandistill.cache.content.content_pass` checks this cache's values against."""
+    policy = view_policy_of(cache.info)
+    hi = None if policy is None else np.array([2 * policy.pad, 2 * policy.pad, 1 if policy.flip else 0])
+    return ValueCheck(str(cache.path), cache.info.view_policy, hi)
 
 
 def read_stored_view(f: h5py.File, top_k: int, view: int) -> np.ndarray:
