@@ -6,7 +6,7 @@ teacher's output comes from. The training loop asks two things per epoch and per
 
 * ``epoch_params(epoch)`` -- view parameters ``(N, P)`` on the device: the view every
   sample is shown this epoch (the loop makes the images from them, as for generation 0);
-* ``batch_logits(epoch, idx, x)`` -- float32 ``(B, C)`` teacher targets for samples ``idx``
+* ``batch_targets(epoch, idx, x)`` -- float32 ``(B, C)`` teacher targets for samples ``idx``
   in those views (``x`` is the student's normalised input; only a live teacher reads it).
 
 **What the loss receives.** Every loss (:mod:`bandistill.losses`) applies a softmax to the
@@ -62,8 +62,10 @@ class SoftTargets(Protocol):
     def epoch_params(self, epoch: int) -> torch.Tensor:
         """View parameters ``(N, P)`` (on the device) of the view each sample is shown this epoch."""
 
-    def batch_logits(self, epoch: int, idx: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Float32 teacher targets ``(B, C)`` for this epoch's views of samples ``idx``."""
+    def batch_targets(self, epoch: int, idx: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 teacher targets ``(B, C)`` for this epoch's views of samples ``idx``: rows whose softmax is
+        the teacher's distribution -- logits (full-row caches, a live teacher) or log-probabilities (top-k
+        caches), which every loss treats alike (hence the name: not ``batch_logits``)."""
 
     def lineage(self) -> dict[str, Any]:
         """What taught the student (cache or checkpoint, digests, loss); stored in its checkpoint."""
@@ -245,14 +247,14 @@ class CachedSoftTargets:
         self._prepare(epoch)
         return self._params
 
-    def batch_logits(self, epoch: int, idx: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    def batch_targets(self, epoch: int, idx: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 teacher targets ``(B, C)`` for samples ``idx`` (on the device) in ``epoch``'s views."""
         self._prepare(epoch)
         return self._table.rows(idx, self.num_classes)
 
     def epoch_accuracy(self, epoch: int, labels: torch.Tensor) -> float:
         """The teacher's accuracy on ``epoch``'s views of the training split (from the cache; for collapse checks)."""
-        return _rows_accuracy(lambda idx: self.batch_logits(epoch, idx), labels)
+        return _rows_accuracy(lambda idx: self.batch_targets(epoch, idx), labels)
 
     def test_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's logits on the clean test split and the labels (read from the cache at start-up)."""
@@ -325,7 +327,7 @@ class LiveTeacher:
         return self._params
 
     @torch.no_grad()
-    def batch_logits(self, epoch: int, idx: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    def batch_targets(self, epoch: int, idx: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """The teacher's float32 logits on ``x``, the student's own normalised views of ``idx``."""
         if x is None:
             raise ValueError("a live teacher needs the student's input")
@@ -407,6 +409,11 @@ class EnsembleSoftTargets:
     def mode(self) -> str:
         return "memory" if all(m.in_memory for m in self.members) else "stream"
 
+    def close(self) -> None:
+        """Close the cache files streaming members hold open."""
+        for m in self.members:
+            m.close()
+
     def same_content(self, digest: str | None) -> bool:
         return digest is not None and digest == self.digest
 
@@ -418,16 +425,16 @@ class EnsembleSoftTargets:
                                 f"epoch {epoch + 1}; dump every member with the same --views, --epochs and --seed")
         return params
 
-    def batch_logits(self, epoch: int, idx: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    def batch_targets(self, epoch: int, idx: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Float32 ``(B, C)`` log-probabilities of the members' average on samples ``idx`` (class docstring)."""
-        logps = torch.stack([torch.log_softmax(m.batch_logits(epoch, idx), dim=1) for m in self.members])
+        logps = torch.stack([torch.log_softmax(m.batch_targets(epoch, idx), dim=1) for m in self.members])
         if self.average == "logits":
             return logps.mean(dim=0)
         return torch.logsumexp(logps, dim=0) - math.log(len(self.members))
 
     def epoch_accuracy(self, epoch: int, labels: torch.Tensor) -> float:
         """The averaged teacher's accuracy on ``epoch``'s views of the training split."""
-        return _rows_accuracy(lambda idx: self.batch_logits(epoch, idx), labels)
+        return _rows_accuracy(lambda idx: self.batch_targets(epoch, idx), labels)
 
     def lineage(self) -> dict[str, Any]:
         members = [m.lineage() for m in self.members]

@@ -505,8 +505,8 @@ class TrainRun:
         if self.targets is None:
             return None
         if self.targets.mode == "live":
-            return lambda x: self.targets.batch_logits(epoch, idx, x)
-        return self.targets.batch_logits(epoch, idx)
+            return lambda x: self.targets.batch_targets(epoch, idx, x)
+        return self.targets.batch_targets(epoch, idx)
 
     def _evaluate(self, mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
         ds, dev = self.dataset, self.device

@@ -125,7 +125,7 @@ def interleaved_step_costs(ds: ImageDataset, model_name: str, sources: dict[str,
 
         def distilled(idx: torch.Tensor) -> None:
             x = normalize(policy.apply(train_x[idx], params[idx]), mean, std)
-            t = source.batch_logits(0, idx, x)
+            t = source.batch_targets(0, idx, x)
             with autocast(device):
                 logits = student(x)
             update(loss_fn(logits.float(), train_y[idx], t))

@@ -69,7 +69,7 @@ def test_bane_teacher_targets_are_the_average_of_the_members_cached_targets(memb
             want = torch.log((a.exp() + b.exp()) / 2)
         else:
             want = (a + b) / 2
-        got = targets.batch_logits(epoch, idx)
+        got = targets.batch_targets(epoch, idx)
         # what every loss sees: the softmax of the served row
         torch.testing.assert_close(torch.softmax(got, 1), torch.softmax(want, 1), rtol=1e-5, atol=1e-6)
         with h5py.File(members["a"], "r") as f:

@@ -123,7 +123,7 @@ def test_student_rebuilds_bit_identical_images_from_stored_parameters(teacher, t
         # and the logits it reads are the teacher's on that image
         with torch.no_grad():
             live = job.model(student_x.contiguous(memory_format=torch.channels_last))
-        assert torch.allclose(targets.batch_logits(epoch, idx), live, atol=1e-4, rtol=1e-4)
+        assert torch.allclose(targets.batch_targets(epoch, idx), live, atol=1e-4, rtol=1e-4)
 
 
 # -- resuming ----------------------------------------------------------------------------------

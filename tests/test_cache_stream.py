@@ -33,7 +33,7 @@ def test_a_streaming_student_keeps_its_teacher_when_the_cache_is_overwritten(dig
     targets = open_soft_targets(config, digits, "cpu")
     assert targets.mode == "stream"
     idx = torch.arange(digits.num_train)
-    before = targets.batch_logits(0, idx)
+    before = targets.batch_targets(0, idx)
     # another teacher's cache (other view seed, float32) replaces the file while the student trains
     dump_logits(digits_teacher, "digits", path, views=4, seed=9, dtype="float32", device="cpu", progress=False,
                 overwrite=True)
@@ -41,10 +41,10 @@ def test_a_streaming_student_keeps_its_teacher_when_the_cache_is_overwritten(dig
     with h5py.File(digits_cache, "r") as f:
         for epoch in range(1, 6):
             view = targets.view_for_epoch(epoch)
-            assert np.array_equal(targets.batch_logits(epoch, idx).numpy(), f["logits"][view].astype(np.float32))
+            assert np.array_equal(targets.batch_targets(epoch, idx).numpy(), f["logits"][view].astype(np.float32))
             assert np.array_equal(targets.epoch_params(epoch).numpy(), f["view_params"][view])
         assert np.array_equal(targets.test_logits()[0].numpy(), f["test_logits"][()].astype(np.float32))
-    assert torch.equal(targets.batch_logits(0, idx), before)  # read again, from the file it started with
+    assert torch.equal(targets.batch_targets(0, idx), before)  # read again, from the file it started with
     targets.close()
 
 

@@ -104,9 +104,9 @@ def test_memory_and_streaming_modes_serve_the_same_targets(cache, digits):
     idx = torch.randperm(digits.num_train)[:100]
     for epoch in range(9):
         assert torch.equal(mem.epoch_params(epoch), stream.epoch_params(epoch))
-        assert torch.equal(mem.batch_logits(epoch, idx), stream.batch_logits(epoch, idx))
+        assert torch.equal(mem.batch_targets(epoch, idx), stream.batch_targets(epoch, idx))
         assert stream._table.parts[0].shape == (digits.num_train, digits.num_classes)  # one view resident
-    assert mem.batch_logits(0, idx).dtype == torch.float32
+    assert mem.batch_targets(0, idx).dtype == torch.float32
 
 
 def test_in_memory_targets_never_touch_the_file_again(cache, digits, tmp_path):
@@ -118,7 +118,7 @@ def test_in_memory_targets_never_touch_the_file_again(cache, digits, tmp_path):
     with h5py.File(cache, "r") as f:
         for epoch in range(8):
             view = targets.view_for_epoch(epoch)
-            assert np.array_equal(targets.batch_logits(epoch, idx).numpy(), f["logits"][view, :64].astype(np.float32))
+            assert np.array_equal(targets.batch_targets(epoch, idx).numpy(), f["logits"][view, :64].astype(np.float32))
             assert np.array_equal(targets.epoch_params(epoch).numpy(), f["view_params"][view])
 
 

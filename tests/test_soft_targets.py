@@ -140,8 +140,8 @@ def test_all_cache_in_memory_and_streamed_serve_the_same_targets(digits_teacher,
         params = mem.epoch_params(epoch)
         assert torch.equal(params, stream.epoch_params(epoch))
         assert np.array_equal(params.numpy(), stored_params[views, np.arange(len(views))])
-        got = mem.batch_logits(epoch, idx)
-        assert torch.equal(got, stream.batch_logits(epoch, idx))
+        got = mem.batch_targets(epoch, idx)
+        assert torch.equal(got, stream.batch_targets(epoch, idx))
         rec = stored[views[idx.numpy()], idx.numpy()]
         expect = topk_log_probs(*fields(rec), 10)
         assert torch.equal(got, expect)
