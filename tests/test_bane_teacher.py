@@ -39,7 +39,8 @@ def members(digits_teacher, tmp_path_factory):
     for name, src, extra in (("a", digits_teacher, {}), ("b", other, {}), ("b-top3", other, {"top_k": 3}),
                              ("b-seed1", other, {"seed": 1}), ("b-views2", other, {"views": 2})):
         paths[name] = root / f"{name}.h5"
-        dump_logits(src, "digits", paths[name], views=extra.pop("views", "epochs"), epochs=EPOCHS,
+        views = extra.pop("views", "epochs")  # --epochs sizes the epochs plan only (refused with --views K)
+        dump_logits(src, "digits", paths[name], views=views, epochs=EPOCHS if views == "epochs" else None,
                     dtype="float32", device="cpu", progress=False, **extra)
     return paths
 
