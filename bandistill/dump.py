@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from bandistill.checkpoint import checkpoint_dataset, load_checkpoint, model_fro
 from bandistill.data import ImageDataset
 from bandistill.device import resolve_device
 from bandistill.errors import DumpInterrupted, UserError, disk_full_error, is_disk_full
-from bandistill.identity import checkpoint_identity
+from bandistill.identity import checkpoint_identity, loaded_checkpoint_digest
 from bandistill.inference import accuracy_and_nll, predict_logits
 from bandistill.lock import file_lock
 from bandistill.progress import make_progress
@@ -128,7 +129,6 @@ class LogitDump:
         overwrite: bool = False,
         progress: bool = True,
         log: Callable[[str], None] | None = None,
-        teacher_digest: str | None = None,
     ):
         check_dump_options(views, seed=seed, epochs=epochs)
         if batch_size < 1:
@@ -144,6 +144,7 @@ class LogitDump:
         self.batch_size, self.overwrite, self.show_progress = batch_size, overwrite, progress
         self.log = log or (lambda msg: None)
         self.checkpoint = Path(checkpoint)
+        before = os.stat(self.checkpoint) if self.checkpoint.is_file() else None
         self.ckpt = load_checkpoint(self.checkpoint)
         self.device = resolve_device(device)
         #: the precision the teacher runs in: bf16 autocast on CUDA, float32 elsewhere (stored as ``autocast``)
@@ -162,9 +163,10 @@ class LogitDump:
             raise UserError(str(exc)) from None
         self.views = self.plan.num_views
         schema.check_top_k(self.top_k, self.dataset.num_classes)
-        # the model it holds, not the file's bytes; a caller that has just hashed this file (ban's
-        # manifest) passes its digest instead of paying for a second pass over the weights
-        self.teacher_digest = teacher_digest or checkpoint_identity(self.ckpt)
+        # the model it holds, not the file's bytes; remembered when this process has just hashed the
+        # unchanged file (ban's manifest), instead of a second pass over the weights
+        self.teacher_digest = (loaded_checkpoint_digest(self.checkpoint, self.ckpt, before) if before is not None
+                               else checkpoint_identity(self.ckpt))
         self._device_images: dict[str, torch.Tensor] = {}
         self.model = load_teacher(self.ckpt, self.device)
         self.mean, self.std = normalization(self.ckpt)
@@ -497,14 +499,12 @@ def dump_logits(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     stop_after_views: int | None = None,
-    teacher_digest: str | None = None,
 ) -> dict[str, Any]:
     """Dump ``checkpoint``'s logits on the ``views`` plan (K, ``"epochs"``, ``"all"``) of ``dataset``'s train split.
 
     ``top_k`` > 0 keeps each row's k largest logits and its log-sum-exp instead of the full
     row; ``epochs`` is the student's epoch count for ``views="epochs"`` (default: the teacher's; refused
-    with any other plan, which it would not change). ``teacher_digest``: the checkpoint's content digest
-    when the caller has just computed it (``ban``'s manifest), so the weights are not hashed twice.
+    with any other plan, which it would not change).
 
     Resumable and idempotent: see the module docstring. Returns a summary dict (``cache``,
     ``views_written``, ``views_resumed``, ``already_complete``, ``teacher_test_accuracy``, ...).
@@ -516,8 +516,7 @@ def dump_logits(
         with distributed.agreement():  # under torchrun: a bad checkpoint or --out on any rank stops every rank
             job = LogitDump(checkpoint, dataset, out, views=views, data_dir=data_dir, seed=seed, dtype=dtype,
                             top_k=top_k, epochs=epochs, batch_size=batch_size, device=device, overwrite=overwrite,
-                            progress=progress and w.is_main, log=log if w.is_main else None,
-                            teacher_digest=teacher_digest)
+                            progress=progress and w.is_main, log=log if w.is_main else None)
             if w.is_main:  # one dump per cache file (another would start this one's .partial over)
                 held.enter_context(file_lock(job.out))
         if w.size > 1:

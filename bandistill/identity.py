@@ -62,6 +62,17 @@ def checkpoint_digest(path: str | os.PathLike) -> str:
     return _memoized(path, lambda: checkpoint_identity(load_checkpoint(path)))
 
 
+def loaded_checkpoint_digest(path: str | os.PathLike, ckpt: dict[str, Any], before: os.stat_result) -> str:
+    """:func:`checkpoint_digest` of ``path``, whose content ``ckpt`` the caller loaded after taking ``before``
+    (its ``os.stat``): remembered when this process has already hashed the unchanged file (``ban``'s
+    manifest hashes a teacher just before its dump), else hashed from ``ckpt`` without loading it again.
+    A file that changed while it was loaded is hashed from ``ckpt`` and not remembered."""
+    st = os.stat(path)
+    if (st.st_ino, st.st_size, st.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
+        return checkpoint_identity(ckpt)
+    return _memoized(path, lambda: checkpoint_identity(ckpt))
+
+
 def cache_digest(path: str | os.PathLike) -> str:
     """The digest of a cache: every dataset in the file (name, dtype, shape, values) and its identity attributes.
 

@@ -296,8 +296,7 @@ class Chain:
                             "top_k": o.top_k or None, "epochs": o.epochs if str(o.views) == "epochs" else None}
                 dump_args = dict(checkpoint=str(teacher_ckpt), dataset=o.dataset, out=str(cache), views=o.views,
                                  top_k=o.top_k, epochs=dump_sig["epochs"], data_dir=o.data_dir, seed=self.seed + k - 1,
-                                 dtype=o.dtype, device=o.device, overwrite=False,
-                                 teacher_digest=None if self.planning else dump_sig["teacher"])
+                                 dtype=o.dtype, device=o.device, overwrite=False)
                 self.stage(
                     f"gen{k - 1}.dump", dump_sig, [cache],
                     lambda: _summary(run_stage("dump", dump_args, o.nproc_per_node, progress=self.progress,

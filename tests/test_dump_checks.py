@@ -101,3 +101,25 @@ def test_a_shard_that_does_not_fit_the_disk_is_one_line(digits_teacher, small_di
     with pytest.raises(UserError, match="the cache needs"):
         Shard(job, 0, 2).open()
     assert not shard_partial(out, 0, 2).exists()
+
+
+def test_the_dump_does_not_hash_a_teacher_this_process_has_just_hashed(digits_teacher, tmp_path, monkeypatch):
+    """ban's manifest hashes the teacher checkpoint, then its dump hashed the same weights again."""
+    from bandistill import dump, identity
+
+    calls = []
+    real = identity.checkpoint_identity
+
+    def counted(ckpt):
+        calls.append(1)
+        return real(ckpt)
+
+    monkeypatch.setattr(identity, "checkpoint_identity", counted)
+    monkeypatch.setattr(dump, "checkpoint_identity", counted)
+    identity._memo.clear()
+    digest = identity.checkpoint_digest(digits_teacher)  # what the manifest records
+    job = LogitDump(digits_teacher, "digits", tmp_path / "c.h5", views=1, device="cpu", progress=False)
+    assert job.teacher_digest == digest and len(calls) == 1
+    identity._memo.clear()  # a process that has not hashed it hashes the loaded weights once
+    assert LogitDump(digits_teacher, "digits", tmp_path / "c.h5", views=1, device="cpu",
+                     progress=False).teacher_digest == digest and len(calls) == 2
