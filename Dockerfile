@@ -33,8 +33,8 @@ COPY pyproject.toml ./
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
-    && mkdir -p bandistill/data bandistill/models bandistill/onnx cli cache \
-    && touch README.md bandistill/__init__.py bandistill/data/__init__.py bandistill/models/__init__.py bandistill/onnx/__init__.py cli/__init__.py cache/__init__.py \
+    && mkdir -p bandistill/data bandistill/models bandistill/onnx bandistill/run cli cache \
+    && touch README.md bandistill/__init__.py bandistill/data/__init__.py bandistill/models/__init__.py bandistill/onnx/__init__.py bandistill/run/__init__.py cli/__init__.py cache/__init__.py \
     && pip install torch==2.14.1 torchvision==0.29.1 . \
     && pip uninstall -y bandistill \
     && rm -rf README.md bandistill cli cache build ./*.egg-info

@@ -7,7 +7,7 @@ from click.core import ParameterSource
 
 from bandistill.cli.output import print_json, print_report_table
 from bandistill.cli.train import LOSSES
-from bandistill.pipeline import DEFAULT_VIEWS, ban_options, run_ban
+from bandistill.run import DEFAULT_VIEWS, ban_options, run_ban
 from bandistill.progress import stderr_console
 
 

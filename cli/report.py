@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from bandistill.cli.output import print_json, print_report_table
-from bandistill.pipeline import build_report
+from bandistill.run import build_report
 
 
 @click.command("report")

@@ -60,7 +60,7 @@ def test_values_no_dump_can_honour_are_one_line(digits_teacher, tmp_path, args, 
 
 
 def test_ban_refuses_a_dump_value_before_generation_0_trains(tmp_path):
-    from bandistill.pipeline import BanOptions
+    from bandistill.run import BanOptions
 
     for bad in (dict(views=10**20), dict(views=2, seed=2**63 - 1)):
         with pytest.raises(UserError):

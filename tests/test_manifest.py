@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from bandistill.errors import UserError
-from bandistill.manifest import Manifest
-from bandistill.pipeline import BanOptions, Chain
+from bandistill.run.chain import Chain
+from bandistill.run.manifest import Manifest
+from bandistill.run.options import BanOptions
 
 
 def write(path: Path, text: str) -> Path:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import bandistill.train as train_module
 from bandistill.checkpoint import load_checkpoint
 from bandistill.cli.main import cli
-from bandistill.pipeline import BanOptions, ban_options, run_ban
+from bandistill.run import BanOptions, ban_options, run_ban
 from bandistill.report import generation_metrics
 from conftest import assert_one_line_error, run_cli
 

@@ -1,0 +1,114 @@
+"""One seed's born-again chain: the algorithm of ``bandistill ban``, stage by stage.
+
+For k = 0..N: train generation k (gen0 on labels; gen k>0 from the cache of gen k-1's
+logits, dumped just before), export it to ONNX; then evaluate every generation and the
+ensembles on onnxruntime and merge them into ``bane.onnx``. Each stage calls the same library
+function as its stage command. Whether a stage runs, resumes, is skipped or refused is
+:class:`bandistill.run.stages.Stages`' business, not this module's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from bandistill.cache.schema import partial_path
+from bandistill.atomic import atomic_write
+from bandistill.checkpoint import load_checkpoint
+from bandistill.data import ImageDataset, load_dataset
+from bandistill.launch import run_stage
+from bandistill.run.options import BanOptions
+from bandistill.run.report import EVALUATION_FILE, network_label, parameters_of, views_seen
+from bandistill.run.stages import Stages, summary
+from bandistill.run.superseding import Superseded
+from bandistill.sharded_dump import all_shard_files
+from bandistill.train import MODEL_FILE, TrainConfig
+
+#: Options that never change a stage's result (where things run, how much memory they may use).
+NON_RESULT_KEYS = ("device", "data_dir", "download", "cache_memory_budget_gb", "teacher_logits", "transfer_ends_from")
+
+
+class Chain(Stages):
+    """The stages of one seed's chain of generations, in one folder with one manifest."""
+
+    def __init__(self, opts: BanOptions, root: Path, seed: int, log: Callable[[str], None], progress: bool, *,
+                 dataset: ImageDataset | None = None, planning: bool = False, supersede: bool = False,
+                 aside: Superseded | None = None):
+        super().__init__(root, log, planning=planning, supersede=supersede, aside=aside)
+        self.opts, self.seed, self.progress, self.dataset = opts, seed, progress, dataset
+
+    def run(self) -> dict[str, Any]:
+        from bandistill.onnx.export import export_checkpoint
+
+        o = self.opts
+        if self.dataset is None:  # once, for signatures, export parity and evaluation
+            self.dataset = load_dataset(o.dataset, o.data_dir)
+        fingerprint = self.dataset.fingerprint
+        checkpoints, onnx_files = [], []
+        for k in range(o.generations + 1):
+            gen_dir = self.root / f"gen{k}"
+            ckpt = gen_dir / MODEL_FILE
+            config = TrainConfig(
+                model=o.model if k == 0 or not o.student_model else o.student_model,
+                dataset=o.dataset, data_dir=o.data_dir, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr,
+                weight_decay=o.weight_decay, schedule=o.schedule, seed=self.seed + k, device=o.device,
+            )
+            inputs: dict[str, Any] = {"dataset_fingerprint": fingerprint}
+            if k > 0:
+                cache = self.root / "cache" / f"gen{k - 1}.h5"
+                teacher_ckpt = checkpoints[-1]
+                dump_sig = {"teacher": self.digest(f"gen{k - 1}.train", teacher_ckpt), "views": o.views,
+                            "dtype": o.dtype, "seed": self.seed + k - 1, "dataset_fingerprint": fingerprint,
+                            "top_k": o.top_k or None, "epochs": o.epochs if str(o.views) == "epochs" else None}
+                dump_args = dict(checkpoint=str(teacher_ckpt), dataset=o.dataset, out=str(cache), views=o.views,
+                                 top_k=o.top_k, epochs=dump_sig["epochs"], data_dir=o.data_dir, seed=self.seed + k - 1,
+                                 dtype=o.dtype, device=o.device, overwrite=False)
+                self.stage(
+                    f"gen{k - 1}.dump", dump_sig, [cache],
+                    lambda: summary(run_stage("dump", dump_args, o.nproc_per_node, progress=self.progress,
+                                              log=self.log)),
+                    cleanup=[cache, Path(partial_path(cache)), *all_shard_files(cache)],
+                )
+                config.teacher_logits = str(cache)
+                config.loss, config.temperature, config.alpha = o.loss, o.temperature, o.alpha
+                inputs["cache"] = self.digest(f"gen{k - 1}.dump", cache)
+                if o.transfer_ends:
+                    config.transfer_ends_from = str(checkpoints[0])
+                    inputs["transfer_ends_from"] = self.digest("gen0.train", checkpoints[0])
+            config.validate()
+            train_sig = {**{k2: v for k2, v in config.to_dict().items() if k2 not in NON_RESULT_KEYS}, **inputs}
+            self.stage(f"gen{k}.train", train_sig, [ckpt],
+                       lambda: run_stage("train", {"config": config.to_dict(), "out": str(gen_dir), "resume": True},
+                                         o.nproc_per_node, progress=self.progress), cleanup=[gen_dir])
+            checkpoints.append(ckpt)
+
+            onnx_path = self.root / "onnx" / f"gen{k}.onnx"
+            export_sig = {"checkpoint": self.digest(f"gen{k}.train", ckpt), "opset": o.opset}
+            self.stage(f"gen{k}.export", export_sig, [onnx_path],
+                       lambda: summary(export_checkpoint(ckpt, onnx_path, opset=o.opset, dataset=self.dataset)), cleanup=[onnx_path])
+            onnx_files.append(onnx_path)
+
+        ens_sig = {"members": [self.digest(f"gen{k}.export", p) for k, p in enumerate(onnx_files)]}
+        bane, evaluation = self.root / "bane.onnx", self.root / EVALUATION_FILE
+        self.stage("ensemble", ens_sig, [bane, evaluation], lambda: self._ensemble(onnx_files, bane, evaluation),
+                   cleanup=[bane, evaluation])
+        return {} if self.planning else json.loads(evaluation.read_text())
+
+    def _ensemble(self, onnx_files: list[Path], bane: Path, evaluation: Path) -> dict[str, Any]:
+        from bandistill.onnx.members import member_probabilities
+        from bandistill.onnx.merge import save_merged_onnx
+        from bandistill.report import generation_metrics
+
+        o, ds = self.opts, self.dataset
+        probs = member_probabilities(onnx_files, ds.test_images, provider="auto")
+        data = generation_metrics(probs, ds.test_labels.numpy())
+        data["network"] = network_label(o)
+        data["parameters"] = parameters_of(o, ds.num_classes, ds.in_channels, ds.image_shape)
+        data["seed"] = self.seed
+        data["views_seen"] = views_seen(o, ds.view_policy)
+        data["train_reported"] = [load_checkpoint(self.root / f"gen{k}" / MODEL_FILE)["metrics"]["test_accuracy"]
+                                  for k in range(len(onnx_files))]
+        save_merged_onnx(onnx_files, bane)  # every generation, as `bandistill ensemble --onnx gen*.onnx`
+        atomic_write(evaluation, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
+        return {"bane": str(bane), "members": len(onnx_files)}
