@@ -123,3 +123,12 @@ def test_the_dump_does_not_hash_a_teacher_this_process_has_just_hashed(digits_te
     identity._memo.clear()  # a process that has not hashed it hashes the loaded weights once
     assert LogitDump(digits_teacher, "digits", tmp_path / "c.h5", views=1, device="cpu",
                      progress=False).teacher_digest == digest and len(calls) == 2
+
+
+def test_sharded_dump_does_not_import_dump():
+    """dump <-> sharded_dump was an import circle (sharded_dump imported LogitDump and DumpInterrupted)."""
+    import subprocess
+    import sys
+
+    code = "import sys, bandistill.sharded_dump; sys.exit('bandistill.dump' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
