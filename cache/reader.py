@@ -331,11 +331,12 @@ def _attr(path: Path, attrs: dict[str, Any], name: str, kind: type, low: int | N
     """Root attribute ``name`` as ``kind``; :class:`UserError` when it has another type (``num_classes`` a
     word, ``seed`` a string) or is below ``low``, instead of a TypeError or ValueError deep in training."""
     value = attrs[name]
-    ok = (_is_int(value) if kind is int else
-          isinstance(value, (bool, np.bool_)) or (_is_int(value) and value in (0, 1)) if kind is bool else
-          isinstance(value, kind))
-    if ok and kind is int and low is not None and value < low:
-        ok = False
+    if kind is int:
+        ok = _is_int(value) and (low is None or value >= low)
+    elif kind is bool:
+        ok = isinstance(value, (bool, np.bool_)) or (_is_int(value) and value in (0, 1))
+    else:
+        ok = isinstance(value, kind)
     if not ok:
         want = {int: "an integer" + (f" >= {low}" if low is not None else ""), str: "a string",
                 bool: "true or false"}[kind]
