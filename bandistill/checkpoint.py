@@ -129,4 +129,5 @@ def checkpoint_dataset(ckpt: dict[str, Any], name: str | None = None, data_dir: 
     from bandistill.data import load_dataset
 
     config = ckpt.get("config") or {}
-    return load_dataset(name or ckpt["dataset"]["name"], data_dir, val_split=float(config.get("val_split") or 0.0))
+    return load_dataset(name or ckpt["dataset"]["name"], data_dir, val_split=float(config.get("val_split") or 0.0),
+                        image_size=config.get("image_size"))

@@ -55,7 +55,7 @@ RESUME_FREE_KEYS = ("device", "data_dir", "download", "cache_memory_budget_gb", 
 
 #: TrainConfig fields newer than the first recorded runs, with the default they are left out at.
 ADDED_LATER = {"sync_bn": False, "compile": "auto", "eval_every": 1, "teacher_checkpoint": None, "views": None,
-               "view_seed": None, "init_weights": None, "class_map": None, "fresh_head": False,
+               "view_seed": None, "image_size": None, "init_weights": None, "class_map": None, "fresh_head": False,
                "teacher_average": "probs", "warmup_epochs": 0}
 
 
@@ -67,6 +67,8 @@ class TrainConfig:
     dataset: str
     data_dir: str | None = None
     download: bool = False
+    # an ImageFolder tree streamed from disk as RandomResizedCrop views of this size (bandistill.data.stream)
+    image_size: int | None = None
     epochs: int = 200
     batch_size: int = 128
     lr: float = 0.1
@@ -121,6 +123,8 @@ class TrainConfig:
             raise UserError("--class-map and --fresh-head go with --init-weights FILE")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise UserError(f"--warmup-epochs must be between 0 and --epochs ({self.epochs}), got {self.warmup_epochs}")
+        if self.image_size is not None and self.image_size <= 0:
+            raise UserError(f"--image-size must be a positive number of pixels, got {self.image_size}")
         if self.eval_every <= 0:
             raise UserError(f"--eval-every must be a positive integer, got {self.eval_every}")
         if self.compile not in COMPILE_MODES:
@@ -211,8 +215,14 @@ class TrainRun:
                 raise UserError("--compile graph does not run under torchrun yet; use --compile none (or auto)")
             self.compile = "none"
         self.dataset: ImageDataset = load_dataset(
-            config.dataset, config.data_dir, download=config.download, val_split=config.val_split
+            config.dataset, config.data_dir, download=config.download, val_split=config.val_split,
+            image_size=config.image_size,
         )
+        if config.image_size and self.compile == "graph":  # a batch is decoded on the host: nothing to capture
+            if config.compile != "auto":
+                raise UserError("--compile graph captures steps on data already on the GPU; --image-size streams "
+                                "photos from disk: use --compile none (or auto)")
+            self.compile = "none"
         self.policy: ViewPolicy = self.dataset.view_policy
         self.mean_list, self.std_list = self.dataset.normalization()
         self.targets: SoftTargets | None = None

@@ -93,7 +93,7 @@ def verify_cache(
         flat = np.sort(rng.choice(k * n, size=min(samples, k * n), replace=False))
         views, idx = flat // n, flat % n
         records = None
-        params = np.empty((len(flat), 3), dtype=np.int16)
+        params = np.empty((len(flat), ds.view_policy.num_params), dtype=np.int16)
         params_match = True
         policy, plan = ds.view_policy, info.view_plan
         for v in np.unique(views):  # one sequential read per view, then index in memory

@@ -179,7 +179,12 @@ def check_values(cache: SoftTargetCache) -> None:
 def value_check(cache: SoftTargetCache) -> ValueCheck:
     """What :func:`~bandistill.cache.content.content_pass` checks this cache's values against."""
     policy = view_policy_of(cache.info)
-    hi = None if policy is None else np.array([2 * policy.pad, 2 * policy.pad, 1 if policy.flip else 0])
+    if policy is None:
+        hi = None
+    elif hasattr(policy, "pad"):  # pad-crop-flip: offsets within the padding
+        hi = np.array([2 * policy.pad, 2 * policy.pad, 1 if policy.flip else 0])
+    else:  # random-resized-crop: a box (top, left, height, width) in an int16-sized image, and a flip
+        hi = np.array([32767, 32767, 32767, 32767, 1 if policy.flip else 0])
     return ValueCheck(str(cache.path), cache.info.view_policy, hi)
 
 
@@ -315,11 +320,11 @@ def _read_info(path: Path, f: h5py.File) -> CacheInfo:
 def view_policy_of(info: CacheInfo) -> "ViewPolicy | None":
     """The view policy a cache names; None when this version does not know it (``check_fits`` refuses it
     where it matters)."""
-    from bandistill.data.views import ViewPolicy
+    from bandistill.data.views import policy_from_json
 
     try:
-        return ViewPolicy.from_json(info.view_policy)
-    except (TypeError, ValueError, AttributeError):
+        return policy_from_json(info.view_policy)
+    except (TypeError, ValueError, AttributeError, KeyError):
         return None
 
 

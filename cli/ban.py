@@ -18,6 +18,8 @@ from bandistill.progress import stderr_console
               help="Copy the teacher's first and last layers into the students and freeze them (paper Table 5).")
 @click.option("--dataset", default=None, help="cifar10, cifar100, imagefolder or digits.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--image-size", type=int, default=None,
+              help="--dataset imagefolder: stream the photos as RandomResizedCrop views of this size (see train).")
 @click.option("--generations", type=int, default=3, show_default=True, help="Born-again generations after gen0.")
 @click.option("--views", default=DEFAULT_VIEWS, show_default=True,
               help="Views cached per sample: 'epochs' (one per student epoch), 'all' (the view policy's whole "

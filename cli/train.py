@@ -20,6 +20,9 @@ LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
 @click.option("--dataset", required=True, help="cifar10, cifar100, imagefolder or digits.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where the dataset lives.")
 @click.option("--download", is_flag=True, help="Let torchvision download CIFAR (needs network).")
+@click.option("--image-size", type=int, default=None,
+              help="--dataset imagefolder: stream the photos from disk as RandomResizedCrop views of this size "
+                   "(e.g. 224, 160, 128); without it the tree is decoded whole into memory.")
 @click.option("--epochs", type=int, default=200, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True,
               help="The global batch: under torchrun each rank trains its slice of it.")

@@ -17,6 +17,9 @@ def fingerprint_arrays(*tensors: torch.Tensor) -> str:
     """A short sha256 digest of the bytes, shapes and dtypes of the given tensors."""
     h = hashlib.sha256()
     for t in tensors:
+        if not isinstance(t, torch.Tensor):  # a streaming split (bandistill.data.stream.FileImages)
+            h.update(f"files {t.identity()}".encode())
+            continue
         arr = t.detach().cpu().contiguous().numpy()
         h.update(f"{arr.dtype}{arr.shape}".encode())
         h.update(arr.tobytes())

@@ -28,11 +28,28 @@ _loaded: OrderedDict[tuple, tuple[ImageDataset, object]] = OrderedDict()
 
 
 def load_dataset(
-    name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False, val_split: float = 0.0
+    name: str, data_dir: str | os.PathLike | None = None, *, download: bool = False, val_split: float = 0.0,
+    image_size: int | None = None,
 ) -> ImageDataset:
-    """Load a dataset by the name a user types. Raises :class:`UserError` on bad input."""
+    """Load a dataset by the name a user types. Raises :class:`UserError` on bad input.
+
+    ``image_size`` (``--image-size``) picks the streaming source for an ImageFolder tree:
+    photos of any size stay on disk and are shown as RandomResizedCrop views of that size
+    (:mod:`bandistill.data.stream`). Without it a tree is decoded whole into memory.
+    """
     key = name.lower()
-    if key == "digits":
+    if image_size and key != "imagefolder":
+        raise UserError(f"--image-size streams an ImageFolder tree of photos; {name} is held in memory at its own "
+                        "size: drop --image-size or use --dataset imagefolder")
+    if image_size:
+        from bandistill.data.stream import load_streaming
+
+        root = Path(data_dir).expanduser() if data_dir is not None else None
+        signature = stat_signature(root, IMAGE_SUFFIXES) if root is not None and root.is_dir() else None
+        load = lambda: load_streaming(data_dir, int(image_size))  # noqa: E731
+        ds = load() if signature is None else _once(("stream", os.path.realpath(root), signature, int(image_size)),
+                                                    load)
+    elif key == "digits":
         ds = _once(("digits",), builtin.load_digits)
     elif key in ("cifar10", "cifar100"):
         folder = Path(data_dir or "data").expanduser() / builtin.CIFAR_LAYOUT[key][0]

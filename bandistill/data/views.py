@@ -11,6 +11,7 @@ teacher was shown when its logits were cached.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -172,6 +173,9 @@ class ViewPlan:
                 raise ValueError("--views epochs needs the student's number of epochs (--epochs)")
             return cls("epochs", int(epochs), int(seed))
         if text == "all":
+            if not hasattr(policy, "enumerate_params"):
+                raise ValueError(f"--views all enumerates a finite view policy; {policy.name} draws from a "
+                                 "continuum: use --views epochs or an integer")
             return cls("all", policy.num_distinct, int(seed))
         try:
             k = int(text)
@@ -236,7 +240,7 @@ class ViewPlan:
 
 def expected_distinct(space: int, draws: int) -> float:
     """Expected number of different values among ``draws`` uniform draws from ``space`` values."""
-    return float(space * (1.0 - (1.0 - 1.0 / space) ** draws))
+    return float(-space * math.expm1(draws * math.log1p(-1.0 / space)))  # exact for a huge space too
 
 
 def generation0_views_seen(policy: ViewPolicy, epochs: int) -> dict[str, float]:
@@ -248,3 +252,19 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     """uint8 images to float, scaled to [0, 1] and standardised per channel."""
     x = images.float().div_(255.0)
     return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+
+
+def policy_from_json(text: str):
+    """The view policy a cache, checkpoint or ONNX file names (``pad-crop-flip`` or ``random-resized-crop``).
+
+    Raises ValueError for a policy this version does not know.
+    """
+    data = json.loads(text)
+    name = data.get("name", ViewPolicy.name)
+    if name == ViewPolicy.name:
+        return ViewPolicy.from_json(text)
+    if name == "random-resized-crop":
+        from bandistill.data.resized_crop import RandomResizedCrop
+
+        return RandomResizedCrop.from_dict(data)
+    raise ValueError(f"unknown view policy {name!r}")

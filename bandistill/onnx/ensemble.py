@@ -41,7 +41,7 @@ def load_split(members: Sequence[OnnxMember], dataset=None, *, data_dir=None, sp
     ``dataset`` is a name, an :class:`~bandistill.data.ImageDataset`, or None for the
     members' own dataset (from their metadata).
     """
-    from bandistill.data import ImageDataset, load_dataset
+    from bandistill.data import ImageDataset, eval_tensor, load_dataset, policy_from_json
 
     if split not in SPLITS:
         raise UserError(f"unknown --split '{split}': use {', '.join(SPLITS)}")
@@ -52,7 +52,11 @@ def load_split(members: Sequence[OnnxMember], dataset=None, *, data_dir=None, sp
         if not name:
             raise UserError("the models do not name their dataset; pass --dataset")
         val_split = first.val_split if name.lower() == first.dataset.lower() else 0.0
-        dataset = load_dataset(name, data_dir, val_split=val_split)
+        try:  # members trained on a streamed tree name its view size in their view policy
+            image_size = getattr(policy_from_json(first.metadata.get("view_policy") or "{}"), "size", None)
+        except (ValueError, TypeError, KeyError):
+            image_size = None
+        dataset = load_dataset(name, data_dir, val_split=val_split, image_size=image_size)
     ds = dataset
     if ds.num_classes != first.num_classes:
         raise UserError(
@@ -65,6 +69,7 @@ def load_split(members: Sequence[OnnxMember], dataset=None, *, data_dir=None, sp
             f"pass the dataset they were trained on (--dataset {first.dataset})"
         )
     images, labels = _split_arrays(ds, split)
+    images = eval_tensor(images)  # a streaming split: its evaluation views, decoded once for all members
     image_dtype = str(images.dtype).replace("torch.", "")
     for m in members:
         if m.input_dtype != image_dtype:  # never cast (see bandistill.onnx.runtime.check_input_dtype)

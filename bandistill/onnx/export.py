@@ -122,7 +122,7 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
 
 def _parity_images(ckpt: dict[str, Any], dataset, data_dir, samples: int) -> torch.Tensor:
     """Real test images of the checkpoint's dataset for the parity check."""
-    from bandistill.data import ImageDataset
+    from bandistill.data import ImageDataset, eval_tensor
 
     info = ckpt["dataset"]
     if not isinstance(dataset, ImageDataset):
@@ -141,7 +141,7 @@ def _parity_images(ckpt: dict[str, Any], dataset, data_dir, samples: int) -> tor
     images = dataset.test_images
     if images.shape[0] == 0:
         images = dataset.train_images
-    images = images[:samples]
+    images = eval_tensor(images[:samples])  # a streaming split: its evaluation views
     if images.shape[0] < 2:
         raise UserError(f"the parity check needs at least 2 images of {info['name']}, found {images.shape[0]}")
     return images

@@ -38,7 +38,7 @@ def run_ban(opts: BanOptions, out: str | Path, *, supersede: bool = False, progr
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a folder")
-    dataset = load_dataset(opts.dataset, opts.data_dir)
+    dataset = load_dataset(opts.dataset, opts.data_dir, image_size=opts.image_size)
     check_top_k(opts.top_k, dataset.num_classes)  # needs the class count; before anything is written or moved
     if opts.transfer_ends:
         from bandistill.transfer import check_transferable

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from bandistill.cache.schema import partial_path
 from bandistill.atomic import atomic_write
 from bandistill.checkpoint import load_checkpoint
-from bandistill.data import ImageDataset, load_dataset
+from bandistill.data import ImageDataset, eval_tensor, load_dataset
 from bandistill.launch import run_stage
 from bandistill.run.options import BanOptions
 from bandistill.run.report import EVALUATION_FILE, network_label, parameters_of, views_seen
@@ -43,7 +43,7 @@ class Chain(Stages):
 
         o = self.opts
         if self.dataset is None:  # once, for signatures, export parity and evaluation
-            self.dataset = load_dataset(o.dataset, o.data_dir)
+            self.dataset = load_dataset(o.dataset, o.data_dir, image_size=o.image_size)
         fingerprint = self.dataset.fingerprint
         checkpoints, onnx_files = [], []
         for k in range(o.generations + 1):
@@ -51,7 +51,7 @@ class Chain(Stages):
             ckpt = gen_dir / MODEL_FILE
             config = TrainConfig(
                 model=o.model if k == 0 or not o.student_model else o.student_model,
-                dataset=o.dataset, data_dir=o.data_dir, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr,
+                dataset=o.dataset, data_dir=o.data_dir, image_size=o.image_size, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr,
                 weight_decay=o.weight_decay, schedule=o.schedule, seed=self.seed + k, device=o.device,
             )
             inputs: dict[str, Any] = {"dataset_fingerprint": fingerprint}
@@ -101,7 +101,7 @@ class Chain(Stages):
         from bandistill.report import generation_metrics
 
         o, ds = self.opts, self.dataset
-        probs = member_probabilities(onnx_files, ds.test_images, provider="auto")
+        probs = member_probabilities(onnx_files, eval_tensor(ds.test_images), provider="auto")
         data = generation_metrics(probs, ds.test_labels.numpy())
         data["network"] = network_label(o)
         data["parameters"] = parameters_of(o, ds.num_classes, ds.in_channels, ds.image_shape)

@@ -18,6 +18,7 @@ from bandistill.errors import UserError
 from bandistill.models import validate_model_name
 from bandistill.run.manifest import MANIFEST_FILE
 from bandistill.train import TrainConfig
+from bandistill.data.resized_crop import RandomResizedCrop
 from bandistill.data.views import ViewPlan, ViewPolicy
 
 OPTIONS_FILE = "ban.json"
@@ -37,6 +38,7 @@ class BanOptions:
     student_model: str | None = None
     transfer_ends: bool = False
     data_dir: str | None = None
+    image_size: int | None = None  # stream an ImageFolder tree as RandomResizedCrop views of this size
     epochs: int = 200
     batch_size: int = 128
     lr: float = 0.1
@@ -62,7 +64,8 @@ class BanOptions:
         # "4" (from the command line) and 4 (from Python or an older ban.json) are the same plan
         self.views = int(self.views) if str(self.views).strip().isdigit() else str(self.views).strip().lower()
         try:
-            ViewPlan.parse(self.views, ViewPolicy(), epochs=self.epochs)
+            ViewPlan.parse(self.views, RandomResizedCrop(size=self.image_size) if self.image_size else ViewPolicy(),
+                           epochs=self.epochs)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         if self.top_k < 0:

@@ -30,8 +30,10 @@ def views_seen(o: BanOptions, policy: ViewPolicy) -> dict[str, Any]:
 def views_note(seen: dict[str, Any]) -> str:
     """One sentence: how many views per image the students saw against generation 0."""
     g, s = seen["gen0"], seen["students"]
+    space = (f"of the {seen['space']} the view policy makes" if seen["space"] < 1 << 62
+             else "from the view policy's continuum")  # RandomResizedCrop boxes
     return (f"Views per training image over a generation: generation 0 drew {g['draws']:.0f} "
-            f"(about {g['distinct']:.1f} distinct of the {seen['space']} the view policy makes); the students, "
+            f"(about {g['distinct']:.1f} distinct {space}); the students, "
             f"from caches of --views {seen['views']}, {s['draws']:.0f} (about {s['distinct']:.1f} distinct).")
 
 
