@@ -32,3 +32,22 @@ def test_dump_throughput_runs_on_the_cpu_with_tiny_counts():
                                              "--device", "cpu", "--json"])
     assert result["dataset"] == "digits" and result["views"] == 1
     assert result["images_per_s"]["dump"] > 0 and result["dump_over_inference"] > 0
+
+
+def test_data_throughput_runs_on_a_tiny_jpeg_tree(tmp_path):
+    from test_stream import write_jpeg_tree
+
+    tree = write_jpeg_tree(tmp_path / "photos", per_class=6)
+    result = _load("data_throughput").main(["--data-dir", str(tree), "--image-size", "16", "--workers", "1",
+                                             "--batch-size", "4", "--batches", "1", "--copies", "2", "--rounds", "1",
+                                             "--json"])
+    (row,) = result["trees"]
+    assert row["train_images"] == 36 and row["stream"]["images_per_s"] > 0 and row["stock"]["images_per_s"] > 0
+    assert row["stream_over_stock"] > 0 and result["decoder"]["ms_per_image"]["pillow"] > 0
+
+
+def test_imagenet_cache_read_runs_with_a_small_file(tmp_path):
+    result = _load("imagenet_cache_read").main(["--views", "2", "--samples", "1000", "--reads", "1",
+                                                 "--dir", str(tmp_path), "--json"])
+    assert result["epoch_read_bytes"] == 1000 * 32 and len(result["cold_read_s"]) == 1
+    assert result["on_paper"]["top5"]["logits"] == 1_281_167 * 22

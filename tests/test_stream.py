@@ -178,3 +178,25 @@ def test_image_size_and_views_all_refusals(jpeg_tree, tmp_path):
     r = run_cli("ban", "--model", "resnet-8", "--dataset", "imagefolder", "--data-dir", jpeg_tree,
                 "--image-size", SIZE, "--views", "all", "--epochs", 1, "--device", "cpu", "--out", tmp_path / "b")
     assert_one_line_error(r, "--views all")
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_decode_their_slices_and_train_what_one_process_trains(jpeg_tree, tmp_path):
+    """Under DDP each rank renders only its slice of every global batch (the step indexes the files with the
+    rank's slice); the views, and so the losses and weights, are one process's."""
+    import json
+
+    from bandistill.checkpoint import load_checkpoint
+    from bandistill.train import TrainConfig, train
+    from test_distributed import torchrun
+
+    args = dict(model="resnet-8", dataset="imagefolder", data_dir=str(jpeg_tree), image_size=SIZE, epochs=2,
+                batch_size=6, device="cpu", sync_bn=True)
+    train(TrainConfig(**args), tmp_path / "single", progress=False)
+    cli = ["train"] + [x for k, v in args.items() if k != "sync_bn" for x in (f"--{k.replace('_', '-')}", v)]
+    ddp = torchrun(*cli, "--sync-bn", "--out", tmp_path / "ddp")
+    assert ddp.returncode == 0, ddp.stderr
+    losses = [[json.loads(line)["loss"] for line in open(tmp_path / r / "metrics.jsonl")] for r in ("single", "ddp")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    a, b = (load_checkpoint(tmp_path / r / "model.pt")["state_dict"] for r in ("single", "ddp"))
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) < 1e-4
