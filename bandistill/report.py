@@ -44,6 +44,11 @@ def generation_metrics(member_probs: Sequence[np.ndarray], labels: np.ndarray) -
     return {"columns": list(cells), "cells": cells, "test_samples": int(labels.size)}
 
 
+def variant_metrics(probs: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, dict[str, float]]:
+    """Error %, NLL and ECE of each variant's student (name -> test probabilities)."""
+    return {name: _figures(p, np.asarray(labels)) for name, p in probs.items()}
+
+
 def _figures(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     m = classification_metrics(probs, labels)
     return {"error": 100.0 * m["error"], "nll": m["nll"], "ece": m["ece"]}
@@ -65,6 +70,71 @@ def aggregate(network: str, parameters: int, chains: Sequence[dict[str, Any]]) -
     return row
 
 
+def aggregate_variants(chains: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Generation 1's variants (one student each, all from generation 0's cache) over repeats.
+
+    Each chain's ``evaluation.json`` holds ``variants``: ``order`` (names as given),
+    ``chain`` (the variant the chain goes on from), ``cells`` (name -> error/nll/ece) and
+    ``collapse`` (name -> verdict). Rows: the baseline, then every variant; cells mean,
+    std (None for one seed) and values, as :func:`aggregate`'s; ``collapsed``: in how many seeds.
+    """
+    with_variants = [c for c in chains if c.get("variants")]
+    if not with_variants:
+        return None
+    first = with_variants[0]["variants"]
+    names = ["baseline", *first["order"]]
+    rows = []
+    for name in names:
+        cells: dict[str, Any] = {}
+        for fig in FIGURES:
+            values = [c["cells"]["baseline"][fig] if name == "baseline" else c["variants"]["cells"][name][fig]
+                      for c in with_variants if name == "baseline" or name in c["variants"]["cells"]]
+            cells[fig] = {"mean": float(np.mean(values)), "values": values,
+                          "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+        collapsed = sum(bool(((c.get("collapse") or {}).get("baseline") if name == "baseline"
+                              else c["variants"].get("collapse", {}).get(name)) or {}).get("collapsed")
+                        for c in with_variants)
+        rows.append({"variant": name, "chain": name == first["chain"], "cells": cells, "collapsed": collapsed,
+                     "repeats": len(cells["error"]["values"])})
+    return {"rows": rows, "chain": first["chain"]}
+
+
+def variants_markdown(variants: dict[str, Any]) -> list[str]:
+    """The variants table: one row per student recipe, beside the baseline (the paper's Tables 2 and 4)."""
+    lines = ["## Generation 1: one student per variant, all from generation 0's cache", "",
+             "| student | test error % | test NLL | ECE | collapsed |", "|---|---|---|---|---|"]
+    for row in variants["rows"]:
+        name = row["variant"] + (" (the chain goes on from it: BAN-1)" if row["chain"] else "")
+        cells = " | ".join(format_cell(row["cells"][fig], fig) for fig in FIGURES)
+        lines.append(f"| {name} | {cells} | {row['collapsed']} of {row['repeats']} |")
+    return lines + [""]
+
+
+def collapse_notes(chains: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per collapsed run (a generation or a variant of one seed), saying why."""
+    notes = []
+    for c in chains:
+        found = [(col, v) for col, v in (c.get("collapse") or {}).items() if v and v.get("collapsed")]
+        found += [(f"variant {n}", v) for n, v in ((c.get("variants") or {}).get("collapse") or {}).items()
+                  if v and v.get("collapsed")]
+        notes += [f"COLLAPSED: {col} of seed {c['seed']}: {v['why']}." for col, v in found]
+    return notes
+
+
+def provider_note(chains: Sequence[dict[str, Any]]) -> str | None:
+    """Which onnxruntime provider evaluated the members (from each chain's ``providers``)."""
+    used: dict[str, list[str]] = {}
+    for c in chains:
+        for member, provider in (c.get("providers") or {}).items():
+            used.setdefault(provider, []).append(member)
+    if not used:
+        return None
+    if len(used) == 1:
+        return f"Every member was evaluated on onnxruntime's {next(iter(used))}."
+    return "Members were evaluated on onnxruntime's " + "; ".join(
+        f"{p} ({', '.join(sorted(set(m)))})" for p, m in used.items()) + "."
+
+
 def format_cell(value: dict[str, Any], fig: str) -> str:
     fmt = "{:.2f}" if fig == "error" else "{:.3f}" if fig == "nll" else "{:.4f}"
     text = fmt.format(value["mean"])
@@ -73,8 +143,9 @@ def format_cell(value: dict[str, Any], fig: str) -> str:
     return text
 
 
-def markdown(rows: Sequence[dict[str, Any]], title: str = "Born-again run", notes: Sequence[str] = ()) -> str:
-    """The report as Markdown: one table per figure, one row per network."""
+def markdown(rows: Sequence[dict[str, Any]], title: str = "Born-again run", notes: Sequence[str] = (),
+             variants: dict[str, Any] | None = None) -> str:
+    """The report as Markdown: one table per figure, one row per network; then the variants, if any."""
     lines = [f"# {title}", ""]
     titles = {"error": "Test error %", "nll": "Test NLL", "ece": "Expected calibration error (15 bins)"}
     for fig in FIGURES:
@@ -87,6 +158,8 @@ def markdown(rows: Sequence[dict[str, Any]], title: str = "Born-again run", note
         lines.append("")
     lines += ["Ens*k averages the probabilities of BAN-1 .. BAN-k (the paper's convention, without the baseline);",
               f"{rows[0]['columns'][-1]} averages every generation including the baseline.", ""]
+    if variants:
+        lines += variants_markdown(variants)
     lines.append(noise_note(rows[0]))
     for note in notes:
         lines += ["", note]
@@ -157,11 +230,13 @@ def figure(rows: Sequence[dict[str, Any]]):
 
 
 def write_report(out: str | os.PathLike, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None,
-                 notes: Sequence[str] = ()) -> dict[str, str]:
+                 notes: Sequence[str] = (), variants: dict[str, Any] | None = None) -> dict[str, str]:
     """Write report.md, report.json and report.png into ``out``; return their paths."""
     out = Path(out)
-    md = markdown(rows, notes=notes)
-    data = {"rows": list(rows), "note": noise_note(rows[0]), **(extra or {})}
+    md = markdown(rows, notes=notes, variants=variants)
+    data = {"rows": list(rows), "note": noise_note(rows[0]), "notes": list(notes), **(extra or {})}
+    if variants:
+        data["variants"] = variants
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(md))
     atomic_write(out / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=_json_default)))
     plot(rows, out / "report.png")

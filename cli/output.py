@@ -54,3 +54,16 @@ def print_report_table(rows: Sequence[dict[str, Any]]) -> None:
             table.add_row(row["network"], f"{row['parameters'] / 1e6:.2f}M", *cells)
         stdout_console.print(table)
     stdout_console.print(noise_note(rows[0]))
+
+
+def print_variants_table(variants: dict[str, Any]) -> None:
+    """Generation 1's students, one row per variant beside the baseline (the paper's Tables 2 and 4)."""
+    from bandistill.report import FIGURES, format_cell
+
+    table = Table(title="generation 1: one student per variant, from generation 0's cache")
+    for name in ("student", "test error %", "test NLL", "ECE", "collapsed"):
+        table.add_column(name, justify="left" if name == "student" else "right", no_wrap=True)
+    for row in variants["rows"]:
+        name = row["variant"] + (" (chain)" if row["chain"] else "")
+        table.add_row(name, *(format_cell(row["cells"][f], f) for f in FIGURES), f"{row['collapsed']} of {row['repeats']}")
+    stdout_console.print(table)
