@@ -91,9 +91,9 @@ def aggregate_variants(chains: Sequence[dict[str, Any]]) -> dict[str, Any] | Non
                       for c in with_variants if name == "baseline" or name in c["variants"]["cells"]]
             cells[fig] = {"mean": float(np.mean(values)), "values": values,
                           "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
-        collapsed = sum(bool(((c.get("collapse") or {}).get("baseline") if name == "baseline"
-                              else c["variants"].get("collapse", {}).get(name)) or {}).get("collapsed")
-                        for c in with_variants)
+        verdicts = [(c.get("collapse") or {}).get("baseline") if name == "baseline"
+                    else (c["variants"].get("collapse") or {}).get(name) for c in with_variants]
+        collapsed = sum(bool((v or {}).get("collapsed")) for v in verdicts)
         rows.append({"variant": name, "chain": name == first["chain"], "cells": cells, "collapsed": collapsed,
                      "repeats": len(cells["error"]["values"])})
     return {"rows": rows, "chain": first["chain"]}
@@ -130,9 +130,9 @@ def provider_note(chains: Sequence[dict[str, Any]]) -> str | None:
     if not used:
         return None
     if len(used) == 1:
-        return f"Every member was evaluated on onnxruntime's {next(iter(used))}."
-    return "Members were evaluated on onnxruntime's " + "; ".join(
-        f"{p} ({', '.join(sorted(set(m)))})" for p, m in used.items()) + "."
+        return f"Every member was evaluated by onnxruntime on the {next(iter(used))} provider."
+    return "Members were evaluated by onnxruntime on the " + "; ".join(
+        f"{p} provider ({', '.join(sorted(set(m)))})" for p, m in used.items()) + "."
 
 
 def format_cell(value: dict[str, Any], fig: str) -> str:
