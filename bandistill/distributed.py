@@ -174,6 +174,14 @@ def wrap_for_training(model: torch.nn.Module, device: torch.device) -> torch.nn.
 _batch_rows: tuple[int, int, int] | None = None
 
 
+def rank_slice(idx: torch.Tensor) -> torch.Tensor:
+    """The rows of global batch ``idx`` this rank trains (what :func:`local_batch` returns; no side effects)."""
+    w = world()
+    if w.size == 1 or not dist.is_initialized():
+        return idx
+    return idx.tensor_split(w.size)[w.rank]
+
+
 def local_batch(idx: torch.Tensor) -> tuple[torch.Tensor, float]:
     """This rank's slice of a global batch, and the factor for its mean loss.
 

@@ -452,6 +452,7 @@ class TrainRun:
         self._lr = c.lr
         n = data.images.shape[0]
         steps = max(1, math.ceil(n / c.batch_size))
+        prefetch = getattr(data.images, "prefetch", None)  # the streaming source (bandistill.data.stream)
         with make_progress(self.show_progress) as progress:
             task = progress.add_task(f"train {c.model}", total=c.epochs, completed=self.start_epoch, info="")
             try:
@@ -469,6 +470,9 @@ class TrainRun:
                         if s > 0 and idx.numel() < min(c.batch_size, 2 * ranks):
                             continue  # a remainder batch of one sample (per rank): BatchNorm cannot train on it
                         idx, loss_scale = distributed.local_batch(idx)  # this rank's slice of the global batch
+                        if prefetch is not None and s + 1 < steps:  # photos: batch s+1 decoded during step s
+                            upcoming = distributed.rank_slice(perm[(s + 1) * c.batch_size : (s + 2) * c.batch_size])
+                            prefetch(upcoming, step.data.params[upcoming])
                         step.set_lr(learning_rate(c, epoch, s, steps))
                         step.step(idx, self._teacher(epoch, idx), loss_scale=loss_scale)
                     self._lr = step.lr

@@ -200,3 +200,18 @@ def test_torchrun_ranks_decode_their_slices_and_train_what_one_process_trains(jp
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     a, b = (load_checkpoint(tmp_path / r / "model.pt")["state_dict"] for r in ("single", "ddp"))
     assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) < 1e-4
+
+
+def test_a_prefetched_batch_is_the_batch_rendered_on_demand(jpeg_tree):
+    """The training loop asks for batch s+1 during step s; only exactly those samples and boxes are served from it."""
+    ds = load_dataset("imagefolder", jpeg_tree, image_size=SIZE)
+    idx = torch.tensor([5, 0, 17, 3])
+    params = ds.view_policy.params(1, 0, idx.numpy())
+    expected = ds.train_images[idx]._render_now(params.numpy())
+    ds.train_images.prefetch(idx, params)
+    assert len(ds.train_images._ahead) == 1
+    assert torch.equal(ds.train_images[idx].render(params), expected) and not ds.train_images._ahead
+    ds.train_images.prefetch(idx, params)
+    other = ds.view_policy.params(1, 1, idx.numpy())  # other boxes: rendered on demand, the prefetch left alone
+    assert torch.equal(ds.train_images[idx].render(other), ds.train_images[idx]._render_now(other.numpy()))
+    assert len(ds.train_images._ahead) == 1

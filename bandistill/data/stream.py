@@ -34,6 +34,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 MAX_SIDE = 32767
 
 _pool: ThreadPoolExecutor | None = None
+_ahead_thread: ThreadPoolExecutor | None = None
 
 
 def decode_workers() -> int:
@@ -52,6 +53,18 @@ def _executor() -> ThreadPoolExecutor:
     if _pool is None or _pool._max_workers != decode_workers():
         _pool = ThreadPoolExecutor(decode_workers(), thread_name_prefix="bandistill-decode")
     return _pool
+
+
+def _background() -> ThreadPoolExecutor:
+    """One thread that renders the next batch (on the decode pool) while the caller trains on this one."""
+    global _ahead_thread
+    if _ahead_thread is None:
+        _ahead_thread = ThreadPoolExecutor(1, thread_name_prefix="bandistill-prefetch")
+    return _ahead_thread
+
+
+def _host(params) -> np.ndarray:
+    return params.cpu().numpy() if isinstance(params, torch.Tensor) else np.asarray(params)
 
 
 def render_one(path: Path, hw: tuple[int, int], box: np.ndarray, size: int) -> np.ndarray:
@@ -93,9 +106,11 @@ class FileImages:
     dtype = torch.uint8
 
     def __init__(self, root: Path, paths: np.ndarray, hw: np.ndarray, size: int, policy: RandomResizedCrop,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", index: np.ndarray | None = None, ahead: dict | None = None):
         self.root, self.paths, self.hw, self.size, self.policy = root, paths, hw, int(size), policy
         self.device = torch.device(device)
+        self.index = np.arange(len(paths)) if index is None else index  # rows of the whole split
+        self._ahead = {} if ahead is None else ahead  # batches being rendered in the background (prefetch)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -107,23 +122,43 @@ class FileImages:
     def __getitem__(self, index) -> "FileImages":
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
-        return FileImages(self.root, self.paths[index], self.hw[index], self.size, self.policy, self.device)
+        return FileImages(self.root, self.paths[index], self.hw[index], self.size, self.policy, self.device,
+                          self.index[index], self._ahead)
 
     def to(self, device=None, *args, **kwargs) -> "FileImages":
         if device is None or isinstance(device, torch.dtype):
             return self
-        return FileImages(self.root, self.paths, self.hw, self.size, self.policy, device)
+        return FileImages(self.root, self.paths, self.hw, self.size, self.policy, device, self.index, self._ahead)
+
+    def prefetch(self, index, params: torch.Tensor) -> None:
+        """Start rendering samples ``index`` with ``params`` in the background: the training loop asks for the
+        next batch while the current step runs, so decoding overlaps the step. A later :meth:`render` of
+        exactly those samples and parameters takes the result; anything else renders as usual."""
+        batch = self[index]
+        params = _host(params)
+        key = batch._key(params)
+        if key not in self._ahead:
+            while len(self._ahead) >= 2:  # a batch asked for and never used (skipped): drop the oldest
+                self._ahead.pop(next(iter(self._ahead)))
+            self._ahead[key] = _background().submit(batch._render_now, params)
 
     def render(self, params: torch.Tensor) -> torch.Tensor:
         """The views ``params`` (N, 5) of these files: uint8 ``(N, 3, S, S)`` on this split's device."""
-        params = params.cpu().numpy() if isinstance(params, torch.Tensor) else np.asarray(params)
+        params = _host(params)
+        ready = self._ahead.pop(self._key(params), None)
+        out = ready.result() if ready is not None else self._render_now(params)
+        return out.to(self.device)
+
+    def _key(self, params: np.ndarray) -> bytes:
+        return np.ascontiguousarray(self.index).tobytes() + b"|" + np.ascontiguousarray(params).tobytes()
+
+    def _render_now(self, params: np.ndarray) -> torch.Tensor:
         if len(params) != len(self.paths):
             raise ValueError(f"{len(params)} view parameters for {len(self.paths)} images")
         root, size = self.root, self.size
         arrays = list(_executor().map(lambda j: render_one(root / os.fsdecode(self.paths[j]), self.hw[j], params[j],
                                                            size), range(len(self.paths))))
-        out = torch.from_numpy(np.stack(arrays)) if arrays else torch.empty((0, 3, size, size), dtype=torch.uint8)
-        return out.to(self.device)
+        return torch.from_numpy(np.stack(arrays)) if arrays else torch.empty((0, 3, size, size), dtype=torch.uint8)
 
     def eval_views(self) -> torch.Tensor:
         """The evaluation views (resize, then the centre crop) as uint8 ``(N, 3, S, S)``."""
