@@ -21,6 +21,7 @@ timeout: a rank may wait there for hours for a slower shard, which NCCL's defaul
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -149,11 +150,18 @@ def error_line(exc: UserError) -> str | None:
     if isinstance(exc, ReportedByRank0):
         return None
     line = str(exc) if w.size == 1 or w.is_main else f"rank {w.rank}: {exc}"
-    path = os.environ.get(ERROR_FILE_ENV)
-    if path and w.size > 1:
-        with contextlib.suppress(OSError), open(path, "a") as f:
-            f.write(line.replace("\n", " ") + "\n")
+    report_to_launcher("error", str(exc))
     return line
+
+
+def report_to_launcher(kind: str, message: str) -> None:
+    """Append this rank's one-line ``kind`` (``error``: the user's; ``failed``: anything else) to
+    ``$BANDISTILL_ERROR_FILE`` as a JSON line, for :mod:`bandistill.launch`; a no-op elsewhere."""
+    w, path = world(), os.environ.get(ERROR_FILE_ENV)
+    if path and w.size > 1:
+        record = {"kind": kind, "rank": w.rank, "line": " ".join(str(message).split())}
+        with contextlib.suppress(OSError), open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 # -- data-parallel training ---------------------------------------------------------------

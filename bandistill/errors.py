@@ -18,6 +18,10 @@ class VerificationError(Exception):
     """A check the tool ran on its own output failed (exit code 1, not 2)."""
 
 
+class StageFailed(VerificationError):
+    """A stage run under torchrun failed for a reason that is not the user's (exit code 1, one line)."""
+
+
 class NonFiniteError(VerificationError):
     """A run produced NaN or inf (a diverged training loss): it stops, exit code 1, one line."""
 
@@ -35,10 +39,18 @@ def is_disk_full(exc: BaseException) -> bool:
                                    "errno = 28", "errno = 27", "errno = 122"))
 
 
-def disk_full_error(where: object) -> UserError:
+class DiskFullError(UserError):
+    """A write ran out of space (see :func:`disk_full_error`); ``where`` is the file it was writing."""
+
+    def __init__(self, message: str, where: object = None):
+        super().__init__(message)
+        self.where = where
+
+
+def disk_full_error(where: object) -> DiskFullError:
     """The one line for a write that ran out of space; the work done so far is kept and resumes."""
-    return UserError(f"no space left writing {where} (disk or file size limit full); free space and run the "
-                     "same command again: it resumes from what was saved")
+    return DiskFullError(f"no space left writing {where} (disk or file size limit full); free space and run the "
+                         "same command again: it resumes from what was saved", where)
 
 
 class DumpInterrupted(RuntimeError):

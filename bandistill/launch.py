@@ -7,23 +7,27 @@ function (``train`` or ``dump``) and its arguments, so nothing is lost translati
 into a command line; rank 0 writes the function's result beside it, and that is what the
 stage returns. Every other stage (export, evaluation, the ensemble) stays in one process.
 
-A user error on a rank is written, as its one line, to ``$BANDISTILL_ERROR_FILE``; after
-torchrun's own failure report the launcher raises it as a :class:`UserError`, so ``ban``
-ends with that line and exit code 2.
+A rank's error is written, as one line, to ``$BANDISTILL_ERROR_FILE``; after torchrun's own
+failure report the launcher raises it again: a user error as a :class:`UserError` (``ban``
+ends with that line and exit code 2), anything else (a diverged loss, a bug, a rank killed
+without a word) as :class:`~bandistill.errors.StageFailed` naming the stage and the rank
+(one line, exit code 1).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from bandistill import distributed
-from bandistill.errors import UserError
+from bandistill.errors import StageFailed, UserError, VerificationError
 
 STAGES = ("train", "dump")
 
@@ -58,11 +62,25 @@ def run_stage(stage: str, kwargs: dict[str, Any], nproc_per_node: int = 1, *, pr
         env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default for several processes per node
         code = subprocess.run(cmd, env=env).returncode
         if code != 0:
-            lines = errors.read_text().splitlines() if errors.exists() else []
-            if lines:
-                raise UserError(lines[0])
-            raise RuntimeError(f"the {stage} stage failed under torchrun (exit code {code}); see its report above")
+            _raise_rank_error(stage, nproc_per_node, code, errors)
         return json.loads(result.read_text())
+
+
+def _raise_rank_error(stage: str, nproc: int, code: int, errors: Path) -> None:
+    """Raise the first error a rank reported: the user's as :class:`UserError`, any other as :class:`StageFailed`."""
+    records = []
+    for text in (errors.read_text().splitlines() if errors.exists() else []):
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(text))
+    user = [r for r in records if r.get("kind") == "error"]
+    if user:
+        r = user[0]
+        raise UserError(r["line"] if r.get("rank", 0) == 0 else f"rank {r['rank']}: {r['line']}")
+    if records:
+        r = records[0]
+        raise StageFailed(f"the {stage} stage failed on rank {r.get('rank')} of {nproc} under torchrun: {r['line']}")
+    raise StageFailed(f"the {stage} stage failed under torchrun (exit code {code}) and no rank reported why (killed: "
+                      "out of memory, a signal?); see torchrun's report above")
 
 
 def worker(spec_path: str) -> int:
@@ -77,6 +95,14 @@ def worker(spec_path: str) -> int:
         if line is not None:
             print(f"error: {line}", file=sys.stderr)
         return 2
+    except Exception as exc:  # not the user's: the launcher names this rank and the stage, exit 1
+        line = str(exc)
+        if not isinstance(exc, VerificationError):  # a bug or the environment: its traceback helps
+            traceback.print_exc()
+            line = f"{type(exc).__name__}: {exc}"
+        print(f"failed: rank {distributed.world().rank}: {line}", file=sys.stderr)
+        distributed.report_to_launcher("failed", line)
+        return 1
     finally:
         distributed.stop()
     if main:

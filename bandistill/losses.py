@@ -85,20 +85,43 @@ def permute_non_argmax(logits: torch.Tensor, generator: torch.Generator | None =
     return out
 
 
+#: The temperatures a loss accepts. Published settings lie in 1-20 (BAN: 1). Above 100 float32
+#: cannot resolve the softened logits: the T^2-scaled soft term's gradient, against float64, is off
+#: by 3e-6 at T=100, 3e-5 at 1e3, 3e-4 at 1e4 and is garbage (a negative KL) at 1e5; below 0.01 the
+#: T^2-scaled soft term all but vanishes (it shrinks like T), so the student silently learns from labels.
+TEMPERATURE_RANGE = (0.01, 100.0)
+
+
+def check_loss_options(name: str, temperature: float = 1.0, alpha: float = 0.5) -> str:
+    """The loss's key for ``name``; :class:`UserError` for an unknown loss, a temperature outside
+    :data:`TEMPERATURE_RANGE`, an alpha outside [0, 1], or an alpha that the loss would ignore.
+
+    The one place these rules live: ``train``, ``ban`` and :func:`make_loss` call it.
+    """
+    key = str(name).lower()
+    if key not in LOSSES:
+        raise UserError(f"unknown --loss '{name}': choose one of {', '.join(LOSSES)}")
+    low, high = TEMPERATURE_RANGE
+    if not low <= temperature <= high:
+        raise UserError(f"--temperature must be between {low:g} and {high:g} (1-20 is usual; BAN uses 1), got "
+                        f"{temperature}: above {high:g} float32 cannot resolve the softened logits, below {low:g} "
+                        "the soft term vanishes")
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"--alpha must be between 0 and 1, got {alpha}")
+    if alpha != 0.5 and key != "kd":
+        raise UserError(f"--alpha weighs the soft term of --loss kd only; --loss {key} would ignore it")
+    return key
+
+
 def make_loss(name: str, *, temperature: float = 1.0, alpha: float = 0.5,
               generator: torch.Generator | None = None) -> LossFn:
-    """The loss called ``name`` (one of :data:`LOSSES`); :class:`UserError` on bad settings.
+    """The loss called ``name`` (one of :data:`LOSSES`); :class:`UserError` on bad settings
+    (:func:`check_loss_options`).
 
     ``generator`` drives dkpp's permutations (default: torch's global generator, which the
     training loop seeds per epoch, so runs are reproducible).
     """
-    key = name.lower()
-    if key not in LOSSES:
-        raise UserError(f"unknown --loss '{name}': choose one of {', '.join(LOSSES)}")
-    if not 0 < temperature < float("inf"):
-        raise UserError(f"--temperature must be positive, got {temperature}")
-    if not 0.0 <= alpha <= 1.0:
-        raise UserError(f"--alpha must be between 0 and 1, got {alpha}")
+    key = check_loss_options(name, temperature, alpha)
     t, t2 = float(temperature), float(temperature) ** 2
 
     def ban_l(s: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -29,13 +29,14 @@ from bandistill.collapse import majority_rate, prediction_spread
 from bandistill.collapse import verdict as collapse_verdict
 from bandistill.data import ImageDataset, load_dataset
 from bandistill.device import resolve_device
-from bandistill.errors import NonFiniteError, UserError
+from bandistill.errors import DiskFullError, NonFiniteError, UserError, is_disk_full
 from bandistill.inference import accuracy_and_nll, predict_logits
 from bandistill.lock import folder_lock
+from bandistill.losses import check_loss_options
 from bandistill.models import build_model, count_parameters, default_weight_decay, model_options, validate_model_name
 from bandistill.progress import make_progress
 from bandistill.background import BackgroundWriter
-from bandistill.step import COMPILE_MODES, StepData, TrainStep, make_sgd, resolve_compile
+from bandistill.step import StepData, TrainStep, make_sgd, resolve_compile
 from bandistill.data.views import ViewPolicy, view_hash
 
 if TYPE_CHECKING:
@@ -127,8 +128,6 @@ class TrainConfig:
             raise UserError(f"--image-size must be a positive number of pixels, got {self.image_size}")
         if self.eval_every <= 0:
             raise UserError(f"--eval-every must be a positive integer, got {self.eval_every}")
-        if self.compile not in COMPILE_MODES:
-            raise UserError(f"unknown --compile '{self.compile}': choose one of {', '.join(COMPILE_MODES)}")
         if not self.cache_memory_budget_gb >= 0:
             raise UserError(f"--cache-memory-gb must be >= 0 (0 streams the cache), got {self.cache_memory_budget_gb}")
         if isinstance(self.teacher_logits, (list, tuple)):  # one cache is its path; several, the BANE teacher
@@ -150,8 +149,8 @@ class TrainConfig:
             if self.loss not in ("ce", "ban+l"):  # ban+l is the default, also for generation 0
                 raise UserError(f"--loss {self.loss} applies to a student: add --teacher-logits CACHE, or drop --loss")
             self.loss = "ce"
-        elif self.alpha != 0.5 and self.loss != "kd":
-            raise UserError(f"--alpha weighs the soft term of --loss kd only; --loss {self.loss} would ignore it")
+        else:
+            check_loss_options(self.loss, self.temperature, self.alpha)
         ranks = distributed.world().size
         if self.batch_size < ranks:
             raise UserError(f"--batch-size {self.batch_size} is the global batch, smaller than the {ranks} processes "
@@ -589,7 +588,16 @@ def train(config: TrainConfig, out: str | Path, *, resume: bool = False, progres
             if w.is_main:  # one process per run folder (a second one is refused, naming the first)
                 held.enter_context(folder_lock(run.out))
             run._check_out_dir()  # again, under the lock: another process may have finished a run here meanwhile
-        return run.run()
+        try:
+            return run.run()
+        except (DiskFullError, OSError) as exc:
+            if resume or not (isinstance(exc, DiskFullError) or is_disk_full(exc)):
+                raise
+            # the usual line says "run the same command again", but a plain train refuses a folder
+            # holding a run: this one names --resume
+            where = exc.where if isinstance(exc, DiskFullError) else exc.filename or run.out
+            raise DiskFullError(f"no space left writing {where} (disk or file size limit full); free space and run "
+                                "the same command with --resume: it continues from the last saved epoch", where) from None
 
 
 def _refuse_non_finite(record: dict[str, Any], epochs: int, out: Path) -> None:

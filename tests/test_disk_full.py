@@ -68,15 +68,35 @@ def test_train_on_a_full_disk_is_one_line(small_disk):
     """torch.save raised RuntimeError ('file write failed'): exit 1 and a traceback."""
     out = small_disk(64 * PAGE) / "run"  # a resnet-20 checkpoint is ~1 MB
     result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "1", "--out", out)
-    assert_one_line_error(result, "no space left writing", "last.pt", "run the same command again")
+    assert_one_line_error(result, "no space left writing", "last.pt", "run the same command with --resume")
     assert not any(p.name.endswith(".tmp") for p in out.iterdir())  # the half-written temp file is gone
 
 
+def test_train_stopped_by_a_full_disk_after_an_epoch_continues_as_its_line_says(small_disk):
+    """The line said "run the same command again: it resumes"; that command refused ("pass --resume")."""
+    disk = small_disk(2_000_000)
+    filler = disk / "filler"
+    filler.write_bytes(b"x" * 800_000)  # what the user frees afterwards
+    out = disk / "run"
+    args = ["train", "--model", "resnet-8", "--dataset", "digits", "--epochs", "2", "--batch-size", "512",
+            "--device", "cpu", "--out", out]
+    result = run_cli(*args)  # epoch 1's last.pt (~0.65 MB) fits, epoch 2's does not
+    assert_one_line_error(result, "no space left writing", "run the same command with --resume")
+    assert (out / "last.pt").exists()
+    filler.unlink()
+    assert run_cli(*args, "--resume").exit_code == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_train_past_the_file_size_limit_is_one_line(tmp_path):
+    """The line said "run the same command again: it resumes", but a plain train then asked for --resume."""
     out = tmp_path / "run"
-    proc = run_with_file_limit(200_000, "train", "--model", "resnet-20", "--dataset", "digits", "--epochs", "1",
-                               "--out", out)
-    one_line(proc, "no space left writing", "last.pt")
+    args = ["train", "--model", "resnet-8", "--dataset", "digits", "--epochs", "2", "--batch-size", "512",
+            "--device", "cpu", "--out", out]
+    proc = run_with_file_limit(400_000, *args)  # a resnet-8 last.pt is ~0.35 MB, model.pt (no momenta) less
+    one_line(proc, "no space left writing", "run the same command with --resume")
+    assert "last.pt" in proc.stderr or "model.pt" in proc.stderr
+    assert run_cli(*args, "--resume").exit_code == 0  # what the line says works
 
 
 def test_dump_preflight_counts_the_hdf5_overhead(digits_teacher, small_disk, tmp_path):

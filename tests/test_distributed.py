@@ -206,3 +206,18 @@ def test_a_ban_stage_under_torchrun_returns_rank0_result_and_a_user_error_as_its
     with pytest.raises(UserError, match="no.h5") as err:
         run_stage("train", {"config": config, "out": str(tmp_path / "gen1")}, 2, progress=False)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_ban_stage_failing_under_torchrun_for_another_reason_is_one_line_naming_stage_and_rank(tmp_path,
+                                                                                                 monkeypatch):
+    """A diverged training under torchrun was a bare RuntimeError('the train stage failed ... exit code 1')."""
+    from bandistill.errors import StageFailed
+    from bandistill.launch import run_stage
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = dict(model="resnet-8", dataset="digits", epochs=2, batch_size=512, lr=1e6, device="cpu")
+    with pytest.raises(StageFailed, match=r"the train stage failed on rank \d of 2 under torchrun: training diverged"
+                       ) as err:
+        run_stage("train", {"config": config, "out": str(tmp_path / "gen0")}, 2, progress=False)
+    assert "\n" not in str(err.value)

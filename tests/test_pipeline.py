@@ -240,7 +240,7 @@ def test_repeats_report_mean_and_std(tmp_path):
     (["--transfer-ends"], "--transfer-ends needs --student-model"),
     # checked before any stage runs (they used to surface only in gen1.train or gen0.export, after a
     # re-run had already cleared the finished stages the changed value would re-run)
-    (["--temperature", "-1"], "--temperature must be positive"),
+    (["--temperature", "-1"], "--temperature must be between 0.01 and 100"),
     (["--alpha", "2"], "--alpha must be between 0 and 1"),
     (["--opset", "3"], "--opset 3 is out of range"),
     (["--lr", "0"], "--lr must be a positive finite number"),

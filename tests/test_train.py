@@ -378,3 +378,28 @@ def test_resume_from_a_last_pt_without_its_dataset_is_one_line(tmp_path):
     (out / "model.pt").unlink()
     _edited(out / "last.pt", out / "last.pt", lambda c: c.pop("dataset"))
     assert_one_line_error(run_cli(*args, "--resume"), "last.pt is damaged", "lacks its 'dataset' entry")
+
+
+def test_a_temperature_float32_cannot_use_is_refused_not_blamed_on_the_lr(digits_cache, tmp_path):
+    """--temperature 1e30 trained to an inf loss and was told to 'lower --lr' (exit 1)."""
+    from conftest import assert_one_line_error, run_cli
+
+    result = run_cli("train", "--model", "resnet-8", "--dataset", "digits", "--epochs", 1, "--device", "cpu",
+                     "--teacher-logits", digits_cache, "--loss", "kd", "--temperature", "1e30", "--out", tmp_path / "s")
+    assert_one_line_error(result, "--temperature must be between 0.01 and 100")
+    assert not (tmp_path / "s").exists()
+
+
+def test_loss_settings_are_checked_by_one_rule_everywhere():
+    from bandistill.losses import make_loss
+    from bandistill.run.options import BanOptions
+
+    message = "--alpha weighs the soft term of --loss kd only"
+    with pytest.raises(UserError, match=message):
+        make_loss("ban", alpha=0.3)
+    with pytest.raises(UserError, match=message):
+        TrainConfig(**_tiny(teacher_logits="c.h5", loss="ban", alpha=0.3)).validate()
+    with pytest.raises(UserError, match=message):
+        BanOptions(model="resnet-8", dataset="digits", loss="ban", alpha=0.3).validate()
+    with pytest.raises(UserError, match="--temperature must be between"):
+        BanOptions(model="resnet-8", dataset="digits", loss="kd", temperature=1e30).validate()

@@ -84,14 +84,12 @@ class BanOptions:
         # bad value must not first clear the finished stages that value would have re-run.
         from bandistill.cache.schema import DTYPES
         from bandistill.onnx.meta import check_opset
-        from bandistill.losses import make_loss
+        from bandistill.losses import check_loss_options
 
         for model in {self.model, self.student_model or self.model}:
             TrainConfig(model=model, dataset=self.dataset, epochs=self.epochs, batch_size=self.batch_size,
                         lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule).validate()
-        make_loss(self.loss, temperature=self.temperature, alpha=self.alpha)
-        if self.alpha != 0.5 and self.loss != "kd":
-            raise UserError(f"--alpha weighs the soft term of --loss kd only; --loss {self.loss} would ignore it")
+        check_loss_options(self.loss, self.temperature, self.alpha)
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         check_opset(self.opset)
