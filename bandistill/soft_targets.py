@@ -492,7 +492,7 @@ def plan_params(plan: ViewPlan, policy: ViewPolicy, views: np.ndarray) -> torch.
 
 
 def open_soft_targets(config: Any, dataset: ImageDataset, device: torch.device | str) -> SoftTargets:
-    """The soft targets ``config`` names (``teacher_logits`` or ``teacher_checkpoint``); UserError when they do not fit."""
+    """The soft targets ``config`` names (``teacher_cache`` or ``teacher_checkpoint``); UserError when they do not fit."""
     if getattr(config, "teacher_checkpoint", None):
         try:
             plan = ViewPlan.parse(config.views, dataset.view_policy, epochs=config.epochs, seed=config.view_seed)
@@ -500,14 +500,14 @@ def open_soft_targets(config: Any, dataset: ImageDataset, device: torch.device |
             raise UserError(str(exc)) from None
         return LiveTeacher(config.teacher_checkpoint, dataset, device, plan=plan, seed=config.seed,
                            loss=config.loss, temperature=config.temperature, alpha=config.alpha)
-    sources = config.teacher_logits
+    sources = config.teacher_cache
     if isinstance(sources, (list, tuple)):
         if len(sources) > 1:  # the BANE as teacher: each member's budget a share of the whole
-            share = float(getattr(config, "cache_memory_budget_gb", 4.0)) / len(sources)
+            share = float(getattr(config, "device_cache_gb", 4.0)) / len(sources)
             members = [_open_cache(path, config, dataset, device, share) for path in sources]
             return EnsembleSoftTargets(members, getattr(config, "teacher_average", None) or "probs")
         sources = sources[0]
-    return _open_cache(sources, config, dataset, device, float(getattr(config, "cache_memory_budget_gb", 4.0)))
+    return _open_cache(sources, config, dataset, device, float(getattr(config, "device_cache_gb", 4.0)))
 
 
 def _open_cache(path: str, config: Any, dataset: ImageDataset, device: torch.device | str,

@@ -52,7 +52,11 @@ STEP_GAMMA = 0.2
 
 #: Config keys that may change on --resume without invalidating the run (the result does not depend
 #: on the cache memory budget (see bandistill.soft_targets), on how the step is run, or on how often it is evaluated).
-RESUME_FREE_KEYS = ("device", "data_dir", "download", "cache_memory_budget_gb", "compile", "eval_every")
+RESUME_FREE_KEYS = ("device", "data_dir", "download", "device_cache_gb", "compile", "eval_every")
+
+#: Fields renamed since runs were recorded: old name -> new (a recorded config, a launch spec, old callers).
+#: ``teacher_cache`` holds the cache's path(s), ``device_cache_gb`` budgets the training device's memory.
+RENAMED = {"teacher_logits": "teacher_cache", "cache_memory_budget_gb": "device_cache_gb"}
 
 #: TrainConfig fields newer than the first recorded runs, with the default they are left out at.
 ADDED_LATER = {"sync_bn": False, "compile": "auto", "eval_every": 1, "teacher_checkpoint": None, "views": None,
@@ -84,7 +88,7 @@ class TrainConfig:
     compile: str = "auto"  # how the step runs: see bandistill.step (auto: a captured CUDA graph on GPU, eager on CPU)
     eval_every: int = 1  # evaluate every N epochs; the last epoch always
     # students only: a cache (the normal path) or a live teacher (online distillation, the reference)
-    teacher_logits: str | list[str] | None = None  # several caches: the BANE as teacher (their average)
+    teacher_cache: str | list[str] | None = None  # several caches: the BANE as teacher (their average)
     teacher_average: str = "probs"  # how several caches combine: probs or logits (see soft_targets)
     teacher_checkpoint: str | None = None
     views: str | None = None  # live teacher: the view plan (K, "epochs", "all"; default epochs)
@@ -93,7 +97,7 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear lr warmup over the first N epochs (0: the paper's recipe, none)
     temperature: float = 1.0
     alpha: float = 0.5
-    cache_memory_budget_gb: float = 4.0
+    device_cache_gb: float = 4.0
     # cross-architecture students: copy (and freeze) the teacher's stem and classifier from its checkpoint
     transfer_ends_from: str | None = None
     # under torchrun: BatchNorm statistics over the whole global batch instead of each rank's slice
@@ -128,24 +132,24 @@ class TrainConfig:
             raise UserError(f"--image-size must be a positive number of pixels, got {self.image_size}")
         if self.eval_every <= 0:
             raise UserError(f"--eval-every must be a positive integer, got {self.eval_every}")
-        if not self.cache_memory_budget_gb >= 0:
-            raise UserError(f"--cache-memory-gb must be >= 0 (0 streams the cache), got {self.cache_memory_budget_gb}")
-        if isinstance(self.teacher_logits, (list, tuple)):  # one cache is its path; several, the BANE teacher
-            paths = [str(p) for p in self.teacher_logits]
-            self.teacher_logits = None if not paths else paths[0] if len(paths) == 1 else paths
+        if not self.device_cache_gb >= 0:
+            raise UserError(f"--device-cache-gb must be >= 0 (0 streams the cache), got {self.device_cache_gb}")
+        if isinstance(self.teacher_cache, (list, tuple)):  # one cache is its path; several, the BANE teacher
+            paths = [str(p) for p in self.teacher_cache]
+            self.teacher_cache = None if not paths else paths[0] if len(paths) == 1 else paths
         if self.teacher_average not in ("probs", "logits"):
             raise UserError(f"unknown --teacher-average '{self.teacher_average}': use probs or logits")
-        if self.teacher_average != "probs" and not isinstance(self.teacher_logits, list):
+        if self.teacher_average != "probs" and not isinstance(self.teacher_cache, list):
             raise UserError("--teacher-average combines several --teacher-logits caches (the BANE as teacher); "
                             "give more than one, or drop it")
-        if self.teacher_logits and self.teacher_checkpoint:
+        if self.teacher_cache and self.teacher_checkpoint:
             raise UserError("pass --teacher-logits (a cache) or --teacher-checkpoint (a live teacher), not both")
         if self.teacher_checkpoint:
             self.views = str(self.views if self.views is not None else "epochs")
             self.view_seed = int(self.view_seed or 0)
         elif self.views is not None or self.view_seed is not None:
             raise UserError("--views and --view-seed go with --teacher-checkpoint; a cache brings its own views")
-        if self.teacher_logits is None and self.teacher_checkpoint is None:
+        if self.teacher_cache is None and self.teacher_checkpoint is None:
             if self.loss not in ("ce", "ban+l"):  # ban+l is the default, also for generation 0
                 raise UserError(f"--loss {self.loss} applies to a student: add --teacher-logits CACHE, or drop --loss")
             self.loss = "ce"
@@ -165,13 +169,36 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in _renamed(data).items() if k in names})
 
     @classmethod
     def recorded(cls, data: dict[str, Any]) -> dict[str, Any]:
         """A recorded config (a checkpoint's, as :meth:`to_dict` wrote it) as a whole: every field, those
         it leaves out (an older run, a value at its default) at their defaults; keys no field has are dropped."""
+        data = _renamed(data)
         return {f.name: data.get(f.name, None if f.default is MISSING else f.default) for f in fields(cls)}
+
+
+def _renamed(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the old names of :data:`RENAMED` fields under their new ones."""
+    return {RENAMED.get(k, k): v for k, v in data.items() if not (k in RENAMED and RENAMED[k] in data)}
+
+
+def _accept_old_names(cls: type) -> type:
+    """Let Python callers keep the old names of :data:`RENAMED` fields (keywords and attributes)."""
+    init = cls.__init__
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **_renamed(kwargs))
+
+    cls.__init__ = __init__
+    for old, new in RENAMED.items():
+        setattr(cls, old, property(lambda self, n=new: getattr(self, n),
+                                   lambda self, value, n=new: setattr(self, n, value)))
+    return cls
+
+
+_accept_old_names(TrainConfig)
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -227,7 +254,7 @@ class TrainRun:
         self.targets: SoftTargets | None = None
         self._eval_images: list[torch.Tensor | None] | None = None
         self.loss_fn: Callable[..., torch.Tensor] = lambda logits, labels, teacher: F.cross_entropy(logits, labels)
-        if config.teacher_logits or config.teacher_checkpoint:
+        if config.teacher_cache or config.teacher_checkpoint:
             from bandistill.losses import make_loss
             from bandistill.soft_targets import open_soft_targets
 
@@ -300,7 +327,7 @@ class TrainRun:
             return
         path, state = found
         saved, mine = TrainConfig.recorded(state.get("config") or {}), asdict(self.config)
-        sources = ("teacher_logits", "teacher_checkpoint")
+        sources = ("teacher_cache", "teacher_checkpoint")
         # the whole configs, both ways: a key one side lacks (an older run, a flag left at its default)
         # compares as its default, never as "absent"
         diff = [k for k in saved if k not in (*RESUME_FREE_KEYS, *sources) and saved.get(k) != mine.get(k)]
@@ -308,7 +335,7 @@ class TrainRun:
         # (./c.h5, a moved run folder); another teacher under the same name must not finish a run the
         # first one started
         source = "teacher_checkpoint" if mine.get("teacher_checkpoint") or saved.get("teacher_checkpoint") \
-            else "teacher_logits"
+            else "teacher_cache"
         link = state.get("teacher") or {}
         taught_by = link.get("teacher_checkpoint_digest" if source == "teacher_checkpoint" else "cache_digest")
         if self.targets is not None or any(saved.get(k) for k in sources):
@@ -317,10 +344,10 @@ class TrainRun:
                 diff.insert(0, source)
         if diff:
             k = diff[0]
-            if k == "teacher_logits" and self.targets is not None and saved.get("teacher_logits"):
+            if k == "teacher_cache" and self.targets is not None and saved.get("teacher_cache"):
                 raise UserError(
                     f"cannot resume {self.out}: it was started from another cache (content {taught_by}) than "
-                    f"{self.config.teacher_logits} (content {self.targets.digest}); pass the cache it started "
+                    f"{self.config.teacher_cache} (content {self.targets.digest}); pass the cache it started "
                     "from, or another --out"
                 )
             raise UserError(

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seeds = list(range(args.seeds)) if label == "gen0" else student_seeds
         for seed in seeds:
             if not (label == "gen0" and seed == 0):
-                config = TrainConfig(**base, seed=seed, **extras, **({"teacher_logits": str(c["path"])} if c else {}))
+                config = TrainConfig(**base, seed=seed, **extras, **({"teacher_cache": str(c["path"])} if c else {}))
                 jobs.append((label, seed, f"{label.replace(' ', '-').replace('=', '')}-seed{seed}", config.to_dict()))
     results: dict[tuple[str, int], dict[str, Any]] = {("gen0", 0): teacher}
     final_only = not args.eval_every_epoch
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for label, extras, c in arm_specs:
             if label == "gen0":
                 continue
-            config = TrainConfig(**base, seed=1, **extras, **({"teacher_logits": str(c["path"])} if c else {}))
+            config = TrainConfig(**base, seed=1, **extras, **({"teacher_cache": str(c["path"])} if c else {}))
             sources[label] = open_soft_targets(config.validate(), ds, dev)
         costs = interleaved_step_costs(ds, args.model, sources, steps=args.step_cost_steps, batch_size=128,
                                        device=dev)

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dump_logits(teacher["checkpoint"], "imagefolder", cache, views="epochs", epochs=args.epochs, data_dir=data_dir,
                 device="cpu", progress=False)
     log(f"teacher: test accuracy {100 * teacher['test_accuracy']:.1f}% ({time.perf_counter() - t0:.0f} s with dump)")
-    student = dict(teacher_logits=str(cache), loss="ban+l")
+    student = dict(teacher_cache=str(cache), loss="ban+l")
     specs = {
         "ce": ({}, args.seeds),
         "ban+l": (student, args.seeds),

@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     sources: dict[str, Any] = {"plain": None}
     for name, (path, budget) in caches.items():
-        config = TrainConfig(model=args.model, dataset=ds.name, teacher_logits=str(path), epochs=2,
-                             cache_memory_budget_gb=budget)
+        config = TrainConfig(model=args.model, dataset=ds.name, teacher_cache=str(path), epochs=2,
+                             device_cache_gb=budget)
         sources[name] = open_soft_targets(config, ds, dev)
     sources["live"] = live_teacher(ds, args.model, dev, root)
     costs = interleaved_step_costs(ds, args.model, sources, steps=args.steps, batch_size=args.batch_size, device=dev)

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     teacher_cache = dump("gen0", Path(results["gen0-seed0"]["checkpoint"]))
     jobs = gen0[1:]
     for v in variants:
-        extra = {"teacher_logits": str(teacher_cache), "loss": v.loss, "temperature": v.temperature, "alpha": v.alpha}
+        extra = {"teacher_cache": str(teacher_cache), "loss": v.loss, "temperature": v.temperature, "alpha": v.alpha}
         if v.model:
             extra["model"] = v.model
         jobs += [(f"{v.folder}-seed{s}", TrainConfig(**{**base, **extra}, seed=s).to_dict()) for s in seeds]
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for s in seeds:
             teach = dict(loss="ban+l", seed=s + 100)
             jobs.append((f"bane-teacher-seed{s}",
-                         TrainConfig(**base, **teach, teacher_logits=[str(teacher_cache), str(members[s])]).to_dict()))
-            jobs.append((f"ban2-seed{s}", TrainConfig(**base, **teach, teacher_logits=str(members[s])).to_dict()))
+                         TrainConfig(**base, **teach, teacher_cache=[str(teacher_cache), str(members[s])]).to_dict()))
+            jobs.append((f"ban2-seed{s}", TrainConfig(**base, **teach, teacher_cache=str(members[s])).to_dict()))
         run_all(jobs)
         rows.append((f"BANE teacher (avg of gen0, gen1={gen1.name}; probs)", [f"bane-teacher-seed{s}" for s in seeds]))
         rows.append((f"BAN-2 (gen1={gen1.name} alone)", [f"ban2-seed{s}" for s in seeds]))

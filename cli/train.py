@@ -39,7 +39,7 @@ LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
                    "auto: graph on a GPU, none on the CPU.")
 @click.option("--eval-every", type=int, default=1, show_default=True,
               help="Evaluate on the test split every N epochs (the last epoch always).")
-@click.option("--teacher-logits", type=click.Path(dir_okay=False), multiple=True,
+@click.option("--teacher-logits", "teacher_cache", type=click.Path(dir_okay=False), multiple=True,
               help="Cache from 'bandistill dump-logits': train a student against it. Give it once per member "
                    "to learn from their average (the BANE as teacher; the caches must share views and seed).")
 @click.option("--teacher-average", type=click.Choice(["probs", "logits"]), default="probs", show_default=True,
@@ -57,8 +57,10 @@ LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
                    "student that collapses onto one class early.")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Softmax temperature (kd).")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="Weight of the soft term (kd).")
-@click.option("--cache-memory-gb", type=float, default=4.0, show_default=True,
-              help="Read the cache into memory when it fits this budget, else stream one view at a time.")
+@click.option("--device-cache-gb", type=float, default=4.0, show_default=True,
+              help="Hold the cache in the training device's memory (GPU memory on CUDA, host memory on the CPU) "
+                   "when it fits this many GB, else stream one view at a time.")
+@click.option("--cache-memory-gb", type=float, default=None, hidden=True)  # its old name, kept for scripts
 @click.option("--init-weights", type=click.Path(dir_okay=False), default=None,
               help="Start from these weights (a torchvision/timm state dict or a bandistill checkpoint); inputs are "
                    "then normalised as the weights expect.")
@@ -74,9 +76,13 @@ LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
 def command(ctx: click.Context, **opts) -> None:
     """Train a model: on labels, or born-again from a teacher's cache (--teacher-logits) or a live teacher."""
     out, resume, as_json = opts.pop("out"), opts.pop("resume"), opts.pop("as_json")
-    opts["cache_memory_budget_gb"] = opts.pop("cache_memory_gb")
-    opts["teacher_logits"] = list(opts["teacher_logits"]) or None
-    if not (opts["teacher_logits"] or opts["teacher_checkpoint"]):
+    old_name = opts.pop("cache_memory_gb")
+    if old_name is not None:
+        if ctx.get_parameter_source("device_cache_gb") != ParameterSource.DEFAULT:
+            raise UserError("--cache-memory-gb is the old name of --device-cache-gb; give one of them")
+        opts["device_cache_gb"] = old_name
+    opts["teacher_cache"] = list(opts["teacher_cache"]) or None
+    if not (opts["teacher_cache"] or opts["teacher_checkpoint"]):
         given = [n for n in ("loss", "temperature", "alpha") if ctx.get_parameter_source(n) != ParameterSource.DEFAULT]
         if given:  # they shape a student's loss; without a teacher they would be silently ignored
             raise UserError(f"--{given[0]} applies to a student: add --teacher-logits CACHE, or drop --{given[0]}")

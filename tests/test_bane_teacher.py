@@ -60,7 +60,7 @@ def _stored_log_probs(path, view: int) -> torch.Tensor:
 @pytest.mark.parametrize("average", ["probs", "logits"])
 def test_bane_teacher_targets_are_the_average_of_the_members_cached_targets(members, digits, second, average):
     config = TrainConfig(model="resnet-20", dataset="digits", epochs=EPOCHS, device="cpu", seed=3,
-                         teacher_logits=[str(members["a"]), str(members[second])], teacher_average=average).validate()
+                         teacher_cache=[str(members["a"]), str(members[second])], teacher_average=average).validate()
     targets = open_soft_targets(config, digits, "cpu")
     assert isinstance(targets, EnsembleSoftTargets)
     idx = torch.arange(digits.num_train)
@@ -79,7 +79,7 @@ def test_bane_teacher_targets_are_the_average_of_the_members_cached_targets(memb
 
 def test_a_bane_taught_student_records_its_members_in_its_lineage(members, tmp_path):
     res = train(TrainConfig(model="resnet-20", dataset="digits", epochs=1, device="cpu", seed=2,
-                            teacher_logits=[str(members["a"]), str(members["b"])]), tmp_path / "s", progress=False)
+                            teacher_cache=[str(members["a"]), str(members["b"])]), tmp_path / "s", progress=False)
     teacher = load_checkpoint(res["checkpoint"])["teacher"]
     assert teacher["ensemble_teacher"] and teacher["teacher_average"] == "probs"
     assert [m["cache"] for m in teacher["members"]] == [str(members["a"].resolve()), str(members["b"].resolve())]

@@ -110,7 +110,7 @@ def test_student_rebuilds_bit_identical_images_from_stored_parameters(teacher, t
     teacher_saw = inputs[N_TEST:].view(3, N_TRAIN, *inputs.shape[1:])
 
     ds = job.dataset
-    config = TrainConfig(model="resnet-20", dataset="digits", teacher_logits=str(tmp_path / "c.h5"), seed=5)
+    config = TrainConfig(model="resnet-20", dataset="digits", teacher_cache=str(tmp_path / "c.h5"), seed=5)
     targets = open_soft_targets(config, ds, torch.device("cpu"))
     mean, std = (torch.tensor(v) for v in ds.normalization())
     for epoch in range(3):

@@ -60,9 +60,9 @@ def test_non_positive_epochs(tmp_path, epochs):
 
 
 def test_negative_cache_memory_budget(tmp_path):
-    result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--cache-memory-gb", "-1",
+    result = run_cli("train", "--model", "resnet-20", "--dataset", "digits", "--device-cache-gb", "-1",
                  "--out", str(tmp_path / "r"))
-    assert_one_line_error(result, "--cache-memory-gb must be >= 0")
+    assert_one_line_error(result, "--device-cache-gb must be >= 0")
     assert not (tmp_path / "r").exists()
 
 

@@ -97,4 +97,4 @@ def test_cwtm_is_accepted_under_torchrun(monkeypatch):
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    TrainConfig(model="resnet-20", dataset="digits", teacher_logits="c.h5", loss="cwtm").validate()
+    TrainConfig(model="resnet-20", dataset="digits", teacher_cache="c.h5", loss="cwtm").validate()

@@ -77,7 +77,7 @@ def test_generations_train_from_caches_with_their_teachers_deleted(gen0, tmp_pat
 
 @pytest.mark.parametrize("loss", LOSSES)
 def test_every_loss_trains_a_student(cache, tmp_path, loss):
-    config = TrainConfig(model="resnet-20", dataset="digits", epochs=1, device="cpu", teacher_logits=str(cache),
+    config = TrainConfig(model="resnet-20", dataset="digits", epochs=1, device="cpu", teacher_cache=str(cache),
                          loss=loss, temperature=2.0 if loss == "kd" else 1.0)
     result = train(config, tmp_path / "run", progress=False)
     assert result["generation"] == 1 and np.isfinite(result["test_loss"])
@@ -97,9 +97,9 @@ def test_schedule_cycles_through_every_view_and_depends_on_the_seed():
 
 
 def test_memory_and_streaming_modes_serve_the_same_targets(cache, digits):
-    mem = open_soft_targets(TrainConfig("resnet-20", "digits", teacher_logits=str(cache), seed=1), digits, "cpu")
-    stream = open_soft_targets(TrainConfig("resnet-20", "digits", teacher_logits=str(cache), seed=1,
-                                           cache_memory_budget_gb=0.0), digits, "cpu")
+    mem = open_soft_targets(TrainConfig("resnet-20", "digits", teacher_cache=str(cache), seed=1), digits, "cpu")
+    stream = open_soft_targets(TrainConfig("resnet-20", "digits", teacher_cache=str(cache), seed=1,
+                                           device_cache_gb=0.0), digits, "cpu")
     assert (mem.mode, stream.mode) == ("memory", "stream")
     idx = torch.randperm(digits.num_train)[:100]
     for epoch in range(9):
@@ -112,7 +112,7 @@ def test_memory_and_streaming_modes_serve_the_same_targets(cache, digits):
 def test_in_memory_targets_never_touch_the_file_again(cache, digits, tmp_path):
     moved = tmp_path / "c.h5"
     shutil.copy(cache, moved)
-    targets = open_soft_targets(TrainConfig("resnet-20", "digits", teacher_logits=str(moved)), digits, "cpu")
+    targets = open_soft_targets(TrainConfig("resnet-20", "digits", teacher_cache=str(moved)), digits, "cpu")
     moved.unlink()
     idx = torch.arange(64)
     with h5py.File(cache, "r") as f:
@@ -126,7 +126,7 @@ def test_student_is_the_same_whether_the_cache_is_in_memory_or_streamed(cache, t
     runs = {}
     for budget in (4.0, 0.0):
         config = TrainConfig(model="resnet-20", dataset="digits", epochs=EPOCHS, device="cpu",
-                             teacher_logits=str(cache), cache_memory_budget_gb=budget, seed=3)
+                             teacher_cache=str(cache), device_cache_gb=budget, seed=3)
         run = TrainRun(config, tmp_path / f"b{budget}", progress=False)
         assert run.targets.mode == ("memory" if budget else "stream")
         run.run()
@@ -141,13 +141,13 @@ def test_resume_accepts_the_same_cache_under_another_path_and_budget(cache, tmp_
     from bandistill.train import train
 
     config = dict(model="resnet-20", dataset="digits", epochs=1, device="cpu", seed=3)
-    train(TrainConfig(**config, teacher_logits=str(cache)), tmp_path / "s", progress=False)
+    train(TrainConfig(**config, teacher_cache=str(cache)), tmp_path / "s", progress=False)
     moved = Path(shutil.copy(cache, tmp_path / "moved.h5"))
-    result = train(TrainConfig(**config, teacher_logits=str(moved), cache_memory_budget_gb=0.0), tmp_path / "s",
+    result = train(TrainConfig(**config, teacher_cache=str(moved), device_cache_gb=0.0), tmp_path / "s",
                    resume=True, progress=False)
     assert result["epochs"] == 1
     other = _copy_with(cache, tmp_path / "other.h5", created_by="someone else")  # other bytes, same content
-    assert train(TrainConfig(**config, teacher_logits=str(other)), tmp_path / "s", resume=True,
+    assert train(TrainConfig(**config, teacher_cache=str(other)), tmp_path / "s", resume=True,
                  progress=False)["epochs"] == 1
 
 
@@ -158,7 +158,7 @@ def test_resume_refuses_another_teachers_cache_under_the_same_name(cache, tmp_pa
     from bandistill.train import train
 
     path = Path(shutil.copy(cache, tmp_path / "teacher.h5"))
-    config = TrainConfig(model="resnet-20", dataset="digits", epochs=2, device="cpu", seed=3, teacher_logits=str(path))
+    config = TrainConfig(model="resnet-20", dataset="digits", epochs=2, device="cpu", seed=3, teacher_cache=str(path))
     real_save = train_module.save_checkpoint
 
     def killed_after_epoch_1(obj, where):

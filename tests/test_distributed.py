@@ -202,7 +202,7 @@ def test_a_ban_stage_under_torchrun_returns_rank0_result_and_a_user_error_as_its
     assert result["cache"] == str(out) and result["views_written"] == 4
     assert_same_cache(out, digits_cache)
 
-    config = dict(model="resnet-20", dataset="digits", epochs=1, device="cpu", teacher_logits=str(tmp_path / "no.h5"))
+    config = dict(model="resnet-20", dataset="digits", epochs=1, device="cpu", teacher_cache=str(tmp_path / "no.h5"))
     with pytest.raises(UserError, match="no.h5") as err:
         run_stage("train", {"config": config, "out": str(tmp_path / "gen1")}, 2, progress=False)
     assert "\n" not in str(err.value)

@@ -126,7 +126,7 @@ def test_library_network_through_every_stage(name, tmp_path, one_thread):
     dumped = dump_logits(gen0["checkpoint"], "imagefolder", cache, views="epochs", data_dir=str(tree),
                          device="cpu", progress=False)
     assert dumped["views"] == 2 and dumped["teacher"] == name
-    gen1 = train(TrainConfig(**common, teacher_logits=str(cache), seed=1), tmp_path / "gen1", progress=False)
+    gen1 = train(TrainConfig(**common, teacher_cache=str(cache), seed=1), tmp_path / "gen1", progress=False)
     assert gen1["generation"] == 1 and load_checkpoint(gen1["checkpoint"])["model"]["name"] == name
     onnx_files = []
     for run in ("gen0", "gen1"):

@@ -64,7 +64,7 @@ class RecordingRun(TrainRun):
 # -- the reference: a cached student is the live-teacher student -------------------------------
 def test_epochs_cache_student_sees_what_a_live_teacher_student_sees(epochs_cache, digits_teacher, tmp_path):
     common = dict(model="resnet-20", dataset="digits", epochs=EPOCHS, seed=5, device="cpu", loss="ban+l")
-    cached = RecordingRun(TrainConfig(**common, teacher_logits=str(epochs_cache)), tmp_path / "cached",
+    cached = RecordingRun(TrainConfig(**common, teacher_cache=str(epochs_cache)), tmp_path / "cached",
                           progress=False)
     live = RecordingRun(TrainConfig(**common, teacher_checkpoint=str(digits_teacher), views="epochs", view_seed=0),
                         tmp_path / "live", progress=False)
@@ -126,9 +126,9 @@ def test_all_cache_in_memory_and_streamed_serve_the_same_targets(digits_teacher,
     out = tmp_path / "all.h5"
     result = dump_logits(digits_teacher, "digits", out, views="all", top_k=3, device="cpu", progress=False)
     assert result["views"] == 9 and result["view_plan"] == "all" and result["top_k"] == 3  # digits: pad 1, no flip
-    config = dict(model="resnet-20", dataset="digits", teacher_logits=str(out), seed=3)
+    config = dict(model="resnet-20", dataset="digits", teacher_cache=str(out), seed=3)
     mem = open_soft_targets(TrainConfig(**config), digits, "cpu")
-    stream = open_soft_targets(TrainConfig(**config, cache_memory_budget_gb=0.0), digits, "cpu")
+    stream = open_soft_targets(TrainConfig(**config, device_cache_gb=0.0), digits, "cpu")
     assert (mem.mode, stream.mode) == ("memory", "stream")
     idx = torch.randperm(digits.num_train)[:200]
     with open_cache(out) as cache:
@@ -231,7 +231,7 @@ def test_a_version_1_cache_still_trains_a_student(digits_cache, tmp_path):
     with open_cache(v1) as cache:
         assert cache.info.format_version == 1 and cache.info.view_plan == ViewPlan("fixed", 4, 0)
         assert cache.info.top_k == 0
-    result = train(TrainConfig(model="resnet-20", dataset="digits", epochs=1, device="cpu", teacher_logits=str(v1)),
+    result = train(TrainConfig(model="resnet-20", dataset="digits", epochs=1, device="cpu", teacher_cache=str(v1)),
                    tmp_path / "student", progress=False)
     assert result["generation"] == 1 and np.isfinite(result["test_loss"])
     assert result["teacher"]["cache_format_version"] == 1 and result["teacher"]["view_plan"] == "fixed"
@@ -277,4 +277,4 @@ def test_a_live_teacher_run_resumes_by_the_teacher_it_started_with(digits_teache
     again = train(TrainConfig(**config, teacher_checkpoint=str(moved)), tmp_path / "live", resume=True, progress=False)
     assert again["test_accuracy"] == first["test_accuracy"]
     with pytest.raises(UserError, match="cannot resume"):  # a cache is not the live teacher it started with
-        train(TrainConfig(**config, teacher_logits=str(epochs_cache)), tmp_path / "live", resume=True, progress=False)
+        train(TrainConfig(**config, teacher_cache=str(epochs_cache)), tmp_path / "live", resume=True, progress=False)

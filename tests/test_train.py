@@ -398,8 +398,25 @@ def test_loss_settings_are_checked_by_one_rule_everywhere():
     with pytest.raises(UserError, match=message):
         make_loss("ban", alpha=0.3)
     with pytest.raises(UserError, match=message):
-        TrainConfig(**_tiny(teacher_logits="c.h5", loss="ban", alpha=0.3)).validate()
+        TrainConfig(**_tiny(teacher_cache="c.h5", loss="ban", alpha=0.3)).validate()
     with pytest.raises(UserError, match=message):
         BanOptions(model="resnet-8", dataset="digits", loss="ban", alpha=0.3).validate()
     with pytest.raises(UserError, match="--temperature must be between"):
         BanOptions(model="resnet-8", dataset="digits", loss="kd", temperature=1e30).validate()
+
+
+def test_renamed_config_fields_read_their_old_names(digits_cache, tmp_path):
+    """teacher_logits held a path and cache_memory_budget_gb budgeted GPU memory on CUDA: renamed, old names read."""
+    from conftest import run_cli
+
+    old = {"model": "resnet-8", "dataset": "digits", "teacher_logits": "c.h5", "cache_memory_budget_gb": 0.5}
+    config = TrainConfig.from_dict(old)
+    assert config.teacher_cache == "c.h5" and config.device_cache_gb == 0.5
+    assert TrainConfig.recorded(old)["teacher_cache"] == "c.h5"
+    assert TrainConfig(**old).teacher_cache == "c.h5" and TrainConfig(**old).teacher_logits == "c.h5"  # Python callers
+    args = ["train", "--model", "resnet-8", "--dataset", "digits", "--epochs", 1, "--batch-size", 512, "--device",
+            "cpu", "--teacher-logits", digits_cache]
+    assert run_cli(*args, "--cache-memory-gb", 0, "--out", tmp_path / "a", "--json").exit_code == 0  # old option
+    assert load_checkpoint(tmp_path / "a" / "model.pt")["config"]["device_cache_gb"] == 0
+    assert run_cli(*args, "--device-cache-gb", 0, "--out", tmp_path / "a", "--resume").exit_code == 0
+    assert "--cache-memory-gb" not in run_cli("train", "--help").output

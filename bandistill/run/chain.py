@@ -26,7 +26,7 @@ from bandistill.sharded_dump import all_shard_files
 from bandistill.train import MODEL_FILE, TrainConfig
 
 #: Options that never change a stage's result (where things run, how much memory they may use).
-NON_RESULT_KEYS = ("device", "data_dir", "download", "cache_memory_budget_gb", "teacher_logits", "transfer_ends_from")
+NON_RESULT_KEYS = ("device", "data_dir", "download", "device_cache_gb", "teacher_cache", "transfer_ends_from")
 
 
 class Chain(Stages):
@@ -70,7 +70,7 @@ class Chain(Stages):
                                               log=self.log)),
                     cleanup=[cache, Path(partial_path(cache)), *all_shard_files(cache)],
                 )
-                config.teacher_logits = str(cache)
+                config.teacher_cache = str(cache)
                 config.loss, config.temperature, config.alpha = o.loss, o.temperature, o.alpha
                 inputs["cache"] = self.digest(f"gen{k - 1}.dump", cache)
                 if o.transfer_ends:
