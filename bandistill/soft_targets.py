@@ -297,6 +297,10 @@ class LiveTeacher:
             raise UserError(f"--teacher-checkpoint {checkpoint} was trained on {mine['name']} (fingerprint "
                             f"{mine['fingerprint']}), the student on {dataset.name} ({dataset.fingerprint}); "
                             "pass a teacher of this data")
+        if mine.get("view_policy") and mine["view_policy"] != dataset.view_policy.to_json():
+            raise UserError(f"--teacher-checkpoint {checkpoint} was trained on the view policy {mine['view_policy']}, "
+                            f"the student uses {dataset.view_policy.to_json()}; train the student with the "
+                            "teacher's --image-size")
         mean, std = (list(map(float, t)) for t in normalization(self.ckpt))
         if (mean, std) != tuple(list(map(float, t)) for t in dataset.normalization()):
             raise UserError(f"--teacher-checkpoint {checkpoint} normalises its input otherwise than the student "

@@ -153,6 +153,10 @@ def test_a_cached_student_sees_what_a_live_teacher_student_sees_on_photos(jpeg_t
                 "--image-size", SIZE + 8, "--epochs", 1, "--device", "cpu", "--teacher-logits", cache,
                 "--out", tmp_path / "other")
     assert_one_line_error(r, "view policy")
+    r = run_cli("train", "--model", "resnet-8", "--dataset", "imagefolder", "--data-dir", jpeg_tree,
+                "--image-size", SIZE + 8, "--epochs", 1, "--device", "cpu", "--teacher-checkpoint", gen0["checkpoint"],
+                "--out", tmp_path / "other-live")
+    assert_one_line_error(r, "view policy", "--image-size")
 
 
 # -- bad input: one line, exit 2 -----------------------------------------------------------------
