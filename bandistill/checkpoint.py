@@ -69,7 +69,7 @@ def _missing_part(ckpt: dict[str, Any]) -> str | None:
         return "its 'state_dict' entry (the weights)"
     if not isinstance(data, dict) or not (isinstance(data.get("name"), str) and isinstance(data.get("fingerprint"), str)):
         return "its 'dataset' entry (the data it was trained on)"
-    if not isinstance(norm, dict) or not all(isinstance(norm.get(k), list) for k in ("mean", "std")):
+    if not isinstance(norm, dict) or not all(isinstance(norm.get(k), (list, tuple)) for k in ("mean", "std")):
         return "its 'normalization' entry (the input mean and std)"
     return None
 

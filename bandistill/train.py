@@ -223,6 +223,17 @@ def learning_rate(config: TrainConfig, epoch: int, step: int, steps_per_epoch: i
     return lr * (done + 1) / warmup if done < warmup else lr
 
 
+def trains_batch(size: int, batch_size: int, ranks: int, *, first: bool) -> bool:
+    """Whether a step trains on a batch of ``size`` samples (the epoch's last batch may be short).
+
+    Only a short final batch is ever dropped, and only when it cannot train: one sample
+    (BatchNorm's batch statistics need two), or under torchrun fewer samples than ranks (a
+    rank would get none). So a run on 2 ranks drops exactly what one process drops, and
+    ``--batch-size 1`` trains every sample. An epoch's only batch always trains.
+    """
+    return first or size >= min(batch_size, max(2, ranks))
+
+
 class TrainRun:
     """One training run writing into ``out``; :func:`train` is the usual way in."""
 
@@ -493,8 +504,8 @@ class TrainRun:
                         step.begin_epoch(self.policy.params(c.seed, 1_000_000 + epoch, np.arange(n)).to(dev))
                     for s in range(steps):
                         idx = perm[s * c.batch_size : (s + 1) * c.batch_size]
-                        if s > 0 and idx.numel() < min(c.batch_size, 2 * ranks):
-                            continue  # a remainder batch of one sample (per rank): BatchNorm cannot train on it
+                        if not trains_batch(idx.numel(), c.batch_size, ranks, first=s == 0):
+                            continue
                         idx, loss_scale = distributed.local_batch(idx)  # this rank's slice of the global batch
                         if prefetch is not None and s + 1 < steps:  # photos: batch s+1 decoded during step s
                             upcoming = distributed.rank_slice(perm[(s + 1) * c.batch_size : (s + 2) * c.batch_size])

@@ -245,6 +245,18 @@ def test_only_a_final_one_sample_batch_is_dropped(imagefolder_dir, tmp_path, bat
     assert sizes == steps  # 12 images: batches of 1 all train; a remainder of 2 trains; a remainder of 1 does not
 
 
+@pytest.mark.parametrize("size, batch_size, ranks, trains", [
+    (1, 1, 1, True), (1, 5, 1, False), (2, 5, 1, True),  # one process: only a one-sample remainder is dropped
+    (1, 1, 2, True), (2, 3, 2, True), (1, 3, 2, False),  # two ranks: the same batches as one process
+    (3, 8, 4, False), (4, 8, 4, True),  # four ranks: a remainder a rank would get nothing of
+])
+def test_the_final_batch_rule(size, batch_size, ranks, trains):
+    from bandistill.train import trains_batch
+
+    assert trains_batch(size, batch_size, ranks, first=False) is trains
+    assert trains_batch(size, batch_size, ranks, first=True)
+
+
 def _tiny(**kw) -> dict:
     return dict(model="resnet-8", dataset="digits", epochs=1, batch_size=512, device="cpu", seed=0) | kw
 
