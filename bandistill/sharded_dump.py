@@ -176,7 +176,8 @@ def check_room(job: "LogitDump", size: int) -> None:
     just before the shards are deleted), less what the files already there reserved."""
     there = [shard_partial(job.out, r, size) for r in range(size)] + [Path(schema.partial_path(str(job.out)))]
     held = sum(p.stat().st_size for p in there if p.exists() and not job.overwrite)
-    job.check_disk_space(max(0, 2 * job.estimate["total"] - held))
+    # the arrays' arithmetic, before anything of their size is laid out (each file's own check adds HDF5's bytes)
+    job.check_disk_space(max(0, 2 * job.storage_estimate(job.top_k)["total"] - held))
 
 
 def run_sharded(job: "LogitDump", *, stop_after_views: int | None = None) -> dict[str, Any]:
