@@ -132,3 +132,15 @@ def test_sharded_dump_does_not_import_dump():
 
     code = "import sys, bandistill.sharded_dump; sys.exit('bandistill.dump' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_sharded_dump_checks_room_for_its_shards_and_the_merge_up_front(digits_teacher, small_disk,  # noqa: F811
+                                                                          one_thread):
+    from bandistill.sharded_dump import check_room
+
+    job = LogitDump(digits_teacher, "digits", small_disk(900 * PAGE) / "c.h5", views=64, device="cpu",
+                    progress=False)
+    arrays = job.storage_estimate(0)["total"]
+    assert arrays < 900 * PAGE < 2 * arrays  # one copy fits, the shards and the merged copy do not
+    with pytest.raises(UserError, match="the cache needs"):
+        check_room(job, 2)
