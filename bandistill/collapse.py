@@ -50,7 +50,8 @@ def verdict(history: Sequence[dict[str, Any]], majority: float, classes: Sequenc
     """Whether the run whose per-epoch records are ``history`` collapsed, and why (module docstring)."""
     last = history[-1]
     evaluated = next((h for h in reversed(history) if "top_class_share" in h), None)
-    out: dict[str, Any] = {"collapsed": False, "majority_rate": majority, "train_accuracy": last["train_accuracy"]}
+    train_accuracy = last.get("train_accuracy")  # absent when no epoch trained (a 0-epoch run, a resumed final state)
+    out: dict[str, Any] = {"collapsed": False, "majority_rate": majority, "train_accuracy": train_accuracy}
     reasons = []
     if evaluated is not None:
         share, label_share = evaluated["top_class_share"], evaluated["top_class_label_share"]
@@ -62,10 +63,10 @@ def verdict(history: Sequence[dict[str, Any]], majority: float, classes: Sequenc
     teacher = last.get("teacher_train_accuracy")
     if teacher is not None:
         out["teacher_train_accuracy"] = teacher
-    at_majority = last["train_accuracy"] <= majority + MAJORITY_MARGIN
+    at_majority = train_accuracy is not None and train_accuracy <= majority + MAJORITY_MARGIN
     if at_majority and (teacher is None or teacher >= majority + TEACHER_MARGIN):
         taught = "" if teacher is None else f", while its teacher's on the same views is {100 * teacher:.1f}%"
-        reasons.append(f"its last train accuracy {100 * last['train_accuracy']:.1f}% is at the majority-class rate "
+        reasons.append(f"its last train accuracy {100 * train_accuracy:.1f}% is at the majority-class rate "
                        f"{100 * majority:.1f}%{taught}")
     if reasons:
         out["collapsed"] = True

@@ -75,3 +75,9 @@ def test_warmup_raises_the_lr_linearly_then_keeps_the_schedule():
     plain = TrainConfig(model="resnet-20", dataset="digits", epochs=10, lr=0.1).validate()
     assert all(learning_rate(plain, e, s, 5) == learning_rate(c, e, s, 5) for e in range(2, 10) for s in range(5))
     assert "warmup_epochs" not in plain.to_dict()  # off by default: older runs' configs still compare equal
+
+
+def test_verdict_of_a_run_that_trained_no_epoch_is_not_a_crash():
+    # A 0-epoch run (benchmarks build a model without training it) has only its evaluation record.
+    out = verdict([{"test_accuracy": 0.0}], majority=0.1, classes=["a", "b"])
+    assert out["collapsed"] is False and out["train_accuracy"] is None
