@@ -301,11 +301,19 @@ class LiveTeacher:
             raise UserError(f"--teacher-checkpoint {checkpoint} was trained on the view policy {mine['view_policy']}, "
                             f"the student uses {dataset.view_policy.to_json()}; train the student with the "
                             "teacher's --image-size")
-        mean, std = (list(map(float, t)) for t in normalization(self.ckpt))
-        if (mean, std) != tuple(list(map(float, t)) for t in dataset.normalization()):
-            raise UserError(f"--teacher-checkpoint {checkpoint} normalises its input otherwise than the student "
-                            "(another --val-split?); train the student with the teacher's split")
         self.device = torch.device(device)
+        # The teacher normalises its input as its weights expect (an imported teacher: ImageNet's mean/std),
+        # the student as its data does: the student's input x = (v - m_s) / s_s of view v becomes the
+        # teacher's (v - m_t) / s_t = x * (s_s / s_t) + (m_s - m_t) / s_t, the same image to rounding.
+        t_mean, t_std = normalization(self.ckpt)
+        s_mean, s_std = (torch.tensor(t, dtype=torch.float32) for t in dataset.normalization())
+        if len(t_mean) != len(s_mean):
+            raise UserError(f"--teacher-checkpoint {checkpoint} takes {len(t_mean)}-channel images, the data has "
+                            f"{len(s_mean)}; pass a teacher of this data")
+        self._renormalize = None
+        if not (torch.equal(t_mean, s_mean) and torch.equal(t_std, s_std)):
+            scale, shift = s_std / t_std, (s_mean - t_mean) / t_std
+            self._renormalize = (scale.view(1, -1, 1, 1).to(self.device), shift.view(1, -1, 1, 1).to(self.device))
         self.model = model_from_checkpoint(self.ckpt).to(self.device, memory_format=torch.channels_last).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -335,6 +343,9 @@ class LiveTeacher:
         """The teacher's float32 logits on ``x``, the student's own normalised views of ``idx``."""
         if x is None:
             raise ValueError("a live teacher needs the student's input")
+        if self._renormalize is not None:
+            scale, shift = self._renormalize
+            x = (x * scale + shift).contiguous(memory_format=torch.channels_last)
         with autocast(x.device):
             return self.model(x).float()
 

@@ -273,3 +273,26 @@ def test_train_init_weights_with_the_class_map_or_a_fresh_head(wnid_tree, tmp_pa
     result = run_cli("train", "--model", "torchvision/resnet18", "--dataset", "imagefolder", "--data-dir", wnid_tree,
                      "--epochs", "1", "--init-weights", path, "--out", tmp_path / "x")
     assert_one_line_error(result, "1000 outputs", "--class-map", "or --fresh-head")
+
+
+def test_live_imported_teacher_sees_the_dumps_images_through_its_own_normalisation(wnid_tree, tmp_path, one_thread):
+    """The student normalises with its data's statistics, the imported teacher with ImageNet's: the live
+    teacher's logits on the student's input are the dump's logits on the same views."""
+    from bandistill.data import load_dataset
+    from bandistill.data.views import ViewPlan, normalize
+    from bandistill.dump import LogitDump
+    from bandistill.import_teacher import import_teacher
+    from bandistill.soft_targets import LiveTeacher
+
+    result = import_teacher(_full_head_state(tmp_path), "imagefolder", tmp_path / "t", model="torchvision/resnet18",
+                            data_dir=str(wnid_tree), class_map="wnid", device="cpu")
+    ds = load_dataset("imagefolder", wnid_tree)
+    dump = LogitDump(result["checkpoint"], "imagefolder", tmp_path / "c.h5", views=1, data_dir=str(wnid_tree),
+                     dtype="float32", device="cpu", progress=False)
+    dumped, params = dump.view_logits(0, 0, ds.num_train)
+    live = LiveTeacher(result["checkpoint"], ds, "cpu", plan=ViewPlan("fixed", 1, 0), seed=0)
+    mean, std = (torch.tensor(t) for t in ds.normalization())
+    assert not torch.allclose(mean, torch.tensor([0.485, 0.456, 0.406]))  # the two normalisations differ
+    x = normalize(ds.view_policy.apply(ds.train_images, torch.from_numpy(params)), mean, std)
+    got = live.batch_logits(0, torch.arange(ds.num_train), x)
+    torch.testing.assert_close(got, torch.from_numpy(dumped), atol=1e-4, rtol=1e-4)
