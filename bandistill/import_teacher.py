@@ -150,6 +150,15 @@ class FittedWeights:
         return out
 
 
+def teacher_architecture(weights: str | Path) -> str:
+    """The architecture a bandistill checkpoint names; :class:`UserError` for a plain state dict (it names none)."""
+    _, ckpt = read_weights(weights)
+    if ckpt is None:
+        raise UserError(f"--teacher {weights} is a plain state dict: name the architecture it was saved from with "
+                        "--model (e.g. torchvision/resnet18 or timm/resnet10t)")
+    return ckpt["model"]["name"]
+
+
 def eval_transform(dataset: ImageDataset, weights: FittedWeights) -> dict[str, Any]:
     """What the network is shown at evaluation (and, with a view's crop and flip, at dump time)."""
     return {
@@ -174,17 +183,19 @@ def import_teacher(
     device: str = "auto",
     batch_size: int = 256,
     log: Callable[[str], None] | None = None,
+    rewrite: bool = False,
 ) -> dict[str, Any]:
     """Write ``out/model.pt``: the weights as a generation 0 for ``dataset``, with its test accuracy.
 
     Raises :class:`UserError` (nothing written) for weights that do not fit ``model``, a class
-    that cannot be mapped, or an ``out`` that already holds a run.
+    that cannot be mapped, or an ``out`` that already holds a run (``rewrite``: ``ban`` resuming
+    its own interrupted import, which writes the same content again).
     """
     log = log or (lambda msg: None)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; choose another --out")
-    if (out / MODEL_FILE).exists():
+    if (out / MODEL_FILE).exists() and not rewrite:
         raise UserError(f"--out {out} already holds {MODEL_FILE}; choose another --out")
     if batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {batch_size}")

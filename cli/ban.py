@@ -12,7 +12,13 @@ from bandistill.progress import stderr_console
 
 
 @click.command("ban")
-@click.option("--model", default=None, help="Teacher (generation 0) architecture, e.g. densenet-bc-90-60.")
+@click.option("--model", default=None, help="Teacher (generation 0) architecture, e.g. densenet-bc-90-60 or "
+                                            "torchvision/resnet50 (with --teacher: the weights' architecture).")
+@click.option("--teacher", type=click.Path(dir_okay=False), default=None,
+              help="Start from a teacher you have: a torchvision/timm state dict (.pth, .safetensors) or a bandistill "
+                   "model.pt, imported as generation 0 (see import-teacher) instead of training one.")
+@click.option("--class-map", default=None,
+              help="With --teacher of more classes: 'wnid' or a file mapping the dataset's classes to its outputs.")
 @click.option("--student-model", default=None, help="Architecture of generations 1..N (default: --model).")
 @click.option("--transfer-ends", is_flag=True,
               help="Copy the teacher's first and last layers into the students and freeze them (paper Table 5).")

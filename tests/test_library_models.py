@@ -296,3 +296,40 @@ def test_live_imported_teacher_sees_the_dumps_images_through_its_own_normalisati
     x = normalize(ds.view_policy.apply(ds.train_images, torch.from_numpy(params)), mean, std)
     got = live.batch_logits(0, torch.arange(ds.num_train), x)
     torch.testing.assert_close(got, torch.from_numpy(dumped), atol=1e-4, rtol=1e-4)
+
+
+# -- ban --teacher ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ban_starts_the_chain_from_an_imported_teacher(wnid_tree, tmp_path, one_thread):
+    from bandistill.run import ban_options, run_ban
+
+    weights = _full_head_state(tmp_path)
+    out = tmp_path / "run"
+    given = dict(teacher=str(weights), model="torchvision/resnet18", class_map="wnid", student_model="resnet-8",
+                 dataset="imagefolder", data_dir=str(wnid_tree), generations=1, epochs=1, batch_size=6, lr=0.01,
+                 device="cpu")
+    lines: list[str] = []
+    result = run_ban(ban_options(out, given), out, progress=False, log=lines.append)
+    assert result["stages_run"][:2] == ["gen0.import", "gen0.export"] and "gen0.train" not in result["stages_run"]
+    accuracy = next(i for i, line in enumerate(lines) if line.startswith("teacher test accuracy on imagefolder"))
+    assert accuracy < next(i for i, line in enumerate(lines) if "gen0.dump" in line)  # printed before the dump
+    gen0 = load_checkpoint(out / "gen0" / "model.pt")
+    assert gen0["imported"]["class_map"]["indices"] == [0, 217, 482] and gen0["model"]["num_classes"] == 3
+    assert load_checkpoint(out / "gen1" / "model.pt")["teacher"]["teacher_model"] == "torchvision/resnet18"
+    assert "imported from resnet18.pth" in " ".join(result["notes"])
+    assert result["rows"][0]["network"] == "torchvision/resnet18 -> resnet-8"
+    again = run_ban(ban_options(out, {}), out, progress=False)  # options from ban.json; nothing to redo
+    assert again["stages_run"] == []
+
+
+def test_ban_teacher_checkpoint_names_its_architecture_and_a_state_dict_needs_model(digits_teacher, tmp_path):
+    from bandistill.run import ban_options
+
+    opts = ban_options(tmp_path / "a", dict(teacher=str(digits_teacher), dataset="digits"))
+    assert opts.model == "resnet-20"
+    state = tmp_path / "w.pth"
+    torch.save(load_checkpoint(digits_teacher)["state_dict"], state)
+    with pytest.raises(UserError, match="plain state dict: name the architecture"):
+        ban_options(tmp_path / "b", dict(teacher=str(state), dataset="digits"))
+    with pytest.raises(UserError, match="--class-map goes with --teacher"):
+        ban_options(tmp_path / "c", dict(model="resnet-20", dataset="digits", class_map="wnid")).validate()

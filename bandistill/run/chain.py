@@ -46,6 +46,8 @@ class Chain(Stages):
             self.dataset = load_dataset(o.dataset, o.data_dir, image_size=o.image_size)
         fingerprint = self.dataset.fingerprint
         checkpoints, onnx_files = [], []
+        # generation 0 is trained on labels, or imported from weights the user has (``--teacher``)
+        made = lambda k: "gen0.import" if k == 0 and o.teacher else f"gen{k}.train"  # noqa: E731
         for k in range(o.generations + 1):
             gen_dir = self.root / f"gen{k}"
             ckpt = gen_dir / MODEL_FILE
@@ -58,7 +60,7 @@ class Chain(Stages):
             if k > 0:
                 cache = self.root / "cache" / f"gen{k - 1}.h5"
                 teacher_ckpt = checkpoints[-1]
-                dump_sig = {"teacher": self.digest(f"gen{k - 1}.train", teacher_ckpt), "views": o.views,
+                dump_sig = {"teacher": self.digest(made(k - 1), teacher_ckpt), "views": o.views,
                             "dtype": o.dtype, "seed": self.seed + k - 1, "dataset_fingerprint": fingerprint,
                             "top_k": o.top_k or None, "epochs": o.epochs if str(o.views) == "epochs" else None}
                 dump_args = dict(checkpoint=str(teacher_ckpt), dataset=o.dataset, out=str(cache), views=o.views,
@@ -75,16 +77,20 @@ class Chain(Stages):
                 inputs["cache"] = self.digest(f"gen{k - 1}.dump", cache)
                 if o.transfer_ends:
                     config.transfer_ends_from = str(checkpoints[0])
-                    inputs["transfer_ends_from"] = self.digest("gen0.train", checkpoints[0])
-            config.validate()
-            train_sig = {**{k2: v for k2, v in config.to_dict().items() if k2 not in NON_RESULT_KEYS}, **inputs}
-            self.stage(f"gen{k}.train", train_sig, [ckpt],
-                       lambda: run_stage("train", {"config": config.to_dict(), "out": str(gen_dir), "resume": True},
-                                         o.nproc_per_node, progress=self.progress), cleanup=[gen_dir])
+                    inputs["transfer_ends_from"] = self.digest(made(0), checkpoints[0])
+            if k == 0 and o.teacher:
+                self._import_teacher(gen_dir, fingerprint)
+            else:
+                config.validate()
+                train_sig = {**{k2: v for k2, v in config.to_dict().items() if k2 not in NON_RESULT_KEYS}, **inputs}
+                self.stage(f"gen{k}.train", train_sig, [ckpt],
+                           lambda: run_stage("train", {"config": config.to_dict(), "out": str(gen_dir),
+                                                       "resume": True}, o.nproc_per_node, progress=self.progress),
+                           cleanup=[gen_dir])
             checkpoints.append(ckpt)
 
             onnx_path = self.root / "onnx" / f"gen{k}.onnx"
-            export_sig = {"checkpoint": self.digest(f"gen{k}.train", ckpt), "opset": o.opset}
+            export_sig = {"checkpoint": self.digest(made(k), ckpt), "opset": o.opset}
             self.stage(f"gen{k}.export", export_sig, [onnx_path],
                        lambda: summary(export_checkpoint(ckpt, onnx_path, opset=o.opset, dataset=self.dataset)), cleanup=[onnx_path])
             onnx_files.append(onnx_path)
@@ -94,6 +100,23 @@ class Chain(Stages):
         self.stage("ensemble", ens_sig, [bane, evaluation], lambda: self._ensemble(onnx_files, bane, evaluation),
                    cleanup=[bane, evaluation])
         return {} if self.planning else json.loads(evaluation.read_text())
+
+    def _import_teacher(self, gen_dir: Path, fingerprint: str) -> None:
+        """Generation 0 from ``--teacher``'s weights; its test accuracy is logged before anything is dumped."""
+        from bandistill.identity import file_digest
+        from bandistill.import_teacher import import_teacher
+
+        o = self.opts
+        signature = {"teacher_weights": file_digest(o.teacher), "model": o.model, "dataset_fingerprint": fingerprint,
+                     "class_map": o.class_map,
+                     "class_map_digest": file_digest(o.class_map) if o.class_map and o.class_map != "wnid" else None}
+
+        def action() -> dict[str, Any]:
+            result = import_teacher(o.teacher, o.dataset, gen_dir, model=o.model, data_dir=o.data_dir,
+                                    class_map=o.class_map, device=o.device, log=self.log, rewrite=True)
+            return summary(result)
+
+        self.stage("gen0.import", signature, [gen_dir / MODEL_FILE], action, cleanup=[gen_dir])
 
     def _ensemble(self, onnx_files: list[Path], bane: Path, evaluation: Path) -> dict[str, Any]:
         from bandistill.onnx.members import member_probabilities

@@ -53,6 +53,10 @@ class BanOptions:
     device: str = "auto"
     opset: int | None = None
     nproc_per_node: int = 1  # >1: train and dump stages run under torchrun (bandistill.launch)
+    # bring your own teacher: generation 0 imported from these weights (bandistill.import_teacher), not trained;
+    # ``model`` then names their architecture (taken from the file when it is a bandistill checkpoint)
+    teacher: str | None = None
+    class_map: str | None = None
 
     def validate(self) -> "BanOptions":
         from bandistill.device import resolve_device
@@ -78,6 +82,10 @@ class BanOptions:
             raise UserError(f"--epochs must be a positive integer, got {self.epochs}")
         if self.nproc_per_node < 1:
             raise UserError(f"--nproc-per-node must be at least 1, got {self.nproc_per_node}")
+        if self.class_map and not self.teacher:
+            raise UserError("--class-map goes with --teacher FILE (it maps the teacher's outputs to the classes)")
+        if self.teacher and not Path(self.teacher).expanduser().is_file():
+            raise UserError(f"--teacher {self.teacher} does not exist; pass a .pth, .safetensors or model.pt file")
         if self.transfer_ends and not self.student_model:
             raise UserError("--transfer-ends needs --student-model (it copies the teacher's ends into another architecture)")
         # Every option a later stage checks is checked here, before any stage runs: a re-run with a
@@ -120,6 +128,10 @@ def ban_options(out: str | os.PathLike, given: dict[str, Any]) -> BanOptions:
         raise TypeError(f"unknown option(s) {unknown}")
     saved = read_options(out) or {}
     merged = {**{k: v for k, v in saved.items() if k in names}, **given}
+    if not merged.get("model") and merged.get("teacher"):  # a bandistill checkpoint names its architecture
+        from bandistill.import_teacher import teacher_architecture
+
+        merged["model"] = teacher_architecture(merged["teacher"])
     for required in ("model", "dataset"):
         if not merged.get(required):
             raise UserError(f"--{required} is required (--out {out} holds no {OPTIONS_FILE} to take it from)")

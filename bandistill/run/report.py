@@ -24,7 +24,7 @@ def views_seen(o: BanOptions, policy: ViewPolicy) -> dict[str, Any]:
     """Views per training image over a generation: generation 0's fresh draws against the students' cache."""
     plan = ViewPlan.parse(o.views, policy, epochs=o.epochs)
     return {"space": policy.num_distinct, "views": plan.label, "gen0": generation0_views_seen(policy, o.epochs),
-            "students": plan.views_seen(policy, o.epochs)}
+            "students": plan.views_seen(policy, o.epochs), "gen0_imported": o.teacher}
 
 
 def views_note(seen: dict[str, Any]) -> str:
@@ -32,6 +32,10 @@ def views_note(seen: dict[str, Any]) -> str:
     g, s = seen["gen0"], seen["students"]
     space = (f"of the {seen['space']} the view policy makes" if seen["space"] < 1 << 62
              else "from the view policy's continuum")  # RandomResizedCrop boxes
+    if seen.get("gen0_imported"):  # --teacher: generation 0 was not trained here
+        return (f"Generation 0 was imported from {Path(seen['gen0_imported']).name} (not trained here); the "
+                f"students, from caches of --views {seen['views']}, drew {s['draws']:.0f} views per training image "
+                f"(about {s['distinct']:.1f} distinct {space}).")
     return (f"Views per training image over a generation: generation 0 drew {g['draws']:.0f} "
             f"(about {g['distinct']:.1f} distinct {space}); the students, "
             f"from caches of --views {seen['views']}, {s['draws']:.0f} (about {s['distinct']:.1f} distinct).")
