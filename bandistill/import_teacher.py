@@ -10,9 +10,10 @@ came from:
   of the library's ImageNet weights for this architecture (torchvision's
   ``<Weights>.DEFAULT.transforms()``, timm's ``pretrained_cfg``), a bandistill checkpoint's own,
   or ``--mean/--std``; ``normalization_source`` says which.
-* ``eval_transform`` records what the network is shown: the dataset's images as stored
-  (``input``), scaled to [0, 1] and normalised; no resize. The library's own evaluation
-  recipe (resize, centre crop, interpolation) is kept beside it for reference.
+* ``eval_transform`` records what the network is shown at evaluation: the dataset's images as
+  stored (in-memory data), or each photo's centre crop resized to ``--image-size`` (photos
+  streamed from disk), scaled to [0, 1] and normalised. The library's own evaluation recipe
+  (resize, centre crop, interpolation) is kept beside it for reference.
 * ``imported``: the file, its byte digest, the class map (teacher outputs and the indices
   kept) and the library's recipe source.
 
@@ -161,10 +162,18 @@ def teacher_architecture(weights: str | Path) -> str:
 
 def eval_transform(dataset: ImageDataset, weights: FittedWeights) -> dict[str, Any]:
     """What the network is shown at evaluation (and, with a view's crop and flip, at dump time)."""
+    size = dataset.image_shape[-1]
+    if dataset.view_policy.name == "pad-crop-flip":
+        steps, resize = "the dataset's uint8 image as stored (no resize, no crop) -> / 255 -> (x - mean) / std", None
+    else:  # photos streamed from disk (--image-size): the usual resize-then-centre-crop, as one box
+        steps = (f"each photo's central square of 0.875 x its shorter side, resized to {size}x{size} (Pillow, "
+                 "antialiased bilinear, uint8) -> / 255 -> (x - mean) / std")
+        resize = size
     return {
         "input": list(dataset.image_shape),
-        "resize": None,
-        "steps": "the dataset's uint8 image as stored (no resize, no crop) -> / 255 -> (x - mean) / std",
+        "resize": resize,
+        "view_policy": dataset.view_policy.name,
+        "steps": steps,
         "library_recipe": None if weights.recipe is None else {
             k: weights.recipe[k] for k in ("resize_size", "crop_size", "interpolation")},
     }
@@ -177,6 +186,7 @@ def import_teacher(
     *,
     model: str | None = None,
     data_dir: str | None = None,
+    image_size: int | None = None,
     class_map: str | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
@@ -199,7 +209,7 @@ def import_teacher(
         raise UserError(f"--out {out} already holds {MODEL_FILE}; choose another --out")
     if batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
-    ds = load_dataset(dataset, data_dir)
+    ds = load_dataset(dataset, data_dir, image_size=image_size)
     fitted = FittedWeights(weights, ds, model=model, class_map=class_map, mean=mean, std=std)
     dev = resolve_device(device)
     net = fitted.model.to(dev, memory_format=torch.channels_last)
@@ -229,7 +239,8 @@ def import_teacher(
         "normalization_source": fitted.normalization_source,
         "eval_transform": eval_transform(ds, fitted),
         "imported": fitted.record(),
-        "config": {"model": fitted.name, "dataset": ds.name, "data_dir": data_dir, "val_split": 0.0},
+        "config": {"model": fitted.name, "dataset": ds.name, "data_dir": data_dir, "val_split": 0.0,
+                   **({"image_size": int(image_size)} if image_size else {})},
         "generation": 0,
         "teacher": None,
         "epoch": 0,

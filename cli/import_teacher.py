@@ -25,6 +25,8 @@ def _floats(value: str | None, option: str) -> list[float] | None:
                    "(not needed for a bandistill checkpoint).")
 @click.option("--dataset", required=True, help="The dataset the students will train on.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where the dataset lives.")
+@click.option("--image-size", type=click.IntRange(min=1), default=None,
+              help="Stream the ImageFolder tree's photos at this size (as train --image-size does).")
 @click.option("--class-map", default=None,
               help="When the teacher has more classes: 'wnid' (class folders are ImageNet WordNet ids) or a file, "
                    "JSON {\"dataset class\": teacher index} or lines '<class> <index>'.")
@@ -34,14 +36,15 @@ def _floats(value: str | None, option: str) -> list[float] | None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--out", required=True, type=click.Path(), help="Run folder to write (its model.pt).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def command(weights, model, dataset, data_dir, class_map, mean, std, batch_size, device, out, as_json) -> None:
+def command(weights, model, dataset, data_dir, image_size, class_map, mean, std, batch_size, device, out, as_json) -> None:
     """Turn a torchvision/timm state dict (.pth, .safetensors) or a bandistill checkpoint into a
     generation 0 for DATASET, and print its test accuracy there.
 
     Then dump its logits (bandistill dump-logits --checkpoint OUT/model.pt ...) or start a
     born-again chain from it (bandistill ban --teacher OUT/model.pt ...). Nothing is downloaded.
     """
-    result = import_teacher(weights, dataset, out, model=model, data_dir=data_dir, class_map=class_map,
+    result = import_teacher(weights, dataset, out, model=model, data_dir=data_dir, image_size=image_size,
+                            class_map=class_map,
                             mean=_floats(mean, "--mean"), std=_floats(std, "--std"), device=device,
                             batch_size=batch_size)
     if as_json:

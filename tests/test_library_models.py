@@ -294,7 +294,7 @@ def test_live_imported_teacher_sees_the_dumps_images_through_its_own_normalisati
     mean, std = (torch.tensor(t) for t in ds.normalization())
     assert not torch.allclose(mean, torch.tensor([0.485, 0.456, 0.406]))  # the two normalisations differ
     x = normalize(ds.view_policy.apply(ds.train_images, torch.from_numpy(params)), mean, std)
-    got = live.batch_logits(0, torch.arange(ds.num_train), x)
+    got = live.batch_targets(0, torch.arange(ds.num_train), x)
     torch.testing.assert_close(got, torch.from_numpy(dumped), atol=1e-4, rtol=1e-4)
 
 
@@ -333,3 +333,25 @@ def test_ban_teacher_checkpoint_names_its_architecture_and_a_state_dict_needs_mo
         ban_options(tmp_path / "b", dict(teacher=str(state), dataset="digits"))
     with pytest.raises(UserError, match="--class-map goes with --teacher"):
         ban_options(tmp_path / "c", dict(model="resnet-20", dataset="digits", class_map="wnid")).validate()
+
+
+def test_import_on_photos_streamed_at_an_image_size_then_dump(wnid_tree, tmp_path, one_thread):
+    from bandistill.data import load_dataset
+    from bandistill.dump import dump_logits
+    from bandistill.import_teacher import import_teacher
+
+    result = import_teacher(_full_head_state(tmp_path), "imagefolder", tmp_path / "t", model="torchvision/resnet18",
+                            data_dir=str(wnid_tree), image_size=12, class_map="wnid", device="cpu")
+    ckpt = load_checkpoint(result["checkpoint"])
+    assert ckpt["config"]["image_size"] == 12 and ckpt["eval_transform"]["resize"] == 12
+    assert "central square of 0.875" in ckpt["eval_transform"]["steps"]
+    ds = load_dataset("imagefolder", wnid_tree, image_size=12)
+    mean, std = normalization(ckpt)
+    ours = predict_logits(model_from_checkpoint(ckpt), ds.test_images, mean, std)
+    full = torchvision.models.resnet18(num_classes=1000)
+    full.load_state_dict(torch.load(tmp_path / "resnet18.pth", weights_only=True))
+    theirs = _plain_pytorch_logits(full, ds.test_images.eval_views(), mean.tolist(), std.tolist())[:, [0, 217, 482]]
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    dumped = dump_logits(result["checkpoint"], "imagefolder", tmp_path / "c.h5", views=2, data_dir=str(wnid_tree),
+                         device="cpu", progress=False, dtype="float32")
+    assert dumped["teacher_test_accuracy"] == pytest.approx(result["test_accuracy"])

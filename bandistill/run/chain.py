@@ -108,11 +108,13 @@ class Chain(Stages):
 
         o = self.opts
         signature = {"teacher_weights": file_digest(o.teacher), "model": o.model, "dataset_fingerprint": fingerprint,
+                     "image_size": o.image_size,
                      "class_map": o.class_map,
                      "class_map_digest": file_digest(o.class_map) if o.class_map and o.class_map != "wnid" else None}
 
         def action() -> dict[str, Any]:
             result = import_teacher(o.teacher, o.dataset, gen_dir, model=o.model, data_dir=o.data_dir,
+                                    image_size=o.image_size,
                                     class_map=o.class_map, device=o.device, log=self.log, rewrite=True)
             return summary(result)
 
