@@ -355,3 +355,29 @@ def test_import_on_photos_streamed_at_an_image_size_then_dump(wnid_tree, tmp_pat
     dumped = dump_logits(result["checkpoint"], "imagefolder", tmp_path / "c.h5", views=2, data_dir=str(wnid_tree),
                          device="cpu", progress=False, dtype="float32")
     assert dumped["teacher_test_accuracy"] == pytest.approx(result["test_accuracy"])
+
+
+def test_nothing_is_fetched_from_a_hub(tmp_path):
+    """Building, listing, reading a recipe and importing open no network connection (sockets refuse here)."""
+    weights = _full_head_state(tmp_path, arch="resnet18", classes=3)
+    tree = write_imagefolder(tmp_path / "tree", per_class=2, size=(16, 16))
+    code = f"""
+import socket
+def refuse(*args, **kwargs):
+    raise RuntimeError("network access attempted")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+from bandistill.models import build_model
+from bandistill.models.libraries import weights_recipe, list_library_models
+from bandistill.import_teacher import import_teacher
+for name in ("torchvision/resnet18", "timm/resnet10t", "timm/vit_tiny_patch16_224"):
+    build_model(name, 3, 3, image_size=[16, 16]) if "vit" in name else build_model(name, 3, 3)
+    weights_recipe(name)
+assert list_library_models("timm/resnet1*")
+import_teacher({str(weights)!r}, "imagefolder", {str(tmp_path / 't')!r}, model="torchvision/resnet18",
+               data_dir={str(tree)!r}, device="cpu")
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
