@@ -381,3 +381,23 @@ print("ok")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_adding_a_teacher_to_a_trained_run_is_refused_or_supersedes(digits_teacher, tmp_path, one_thread):
+    from bandistill.run import ban_options, run_ban
+
+    out = tmp_path / "run"
+    run_ban(ban_options(out, dict(model="resnet-8", dataset="digits", generations=1, epochs=1, device="cpu")), out,
+            progress=False)
+    trained = load_checkpoint(out / "gen0" / "model.pt")
+    with pytest.raises(UserError, match="generation 0 was trained, now imported from --teacher"):
+        run_ban(ban_options(out, dict(teacher=str(digits_teacher), model="resnet-20")), out, progress=False)
+    assert load_checkpoint(out / "gen0" / "model.pt")["state_dict"]["stem.weight"].equal(
+        trained["state_dict"]["stem.weight"])  # refused: nothing touched
+    result = run_ban(ban_options(out, dict(teacher=str(digits_teacher), model="resnet-20")), out, supersede=True,
+                     progress=False)
+    assert "gen0.import" in result["stages_run"] and "gen0.train" not in result["stages_run"]
+    moved = list((out / "superseded").glob("*/gen0/model.pt"))
+    assert len(moved) == 1 and load_checkpoint(moved[0])["model"]["name"] == "resnet-8"  # kept, not deleted
+    assert load_checkpoint(out / "gen0" / "model.pt")["imported"]["format"] == "bandistill checkpoint"

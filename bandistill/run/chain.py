@@ -18,6 +18,7 @@ from bandistill.atomic import atomic_write
 from bandistill.checkpoint import load_checkpoint
 from bandistill.data import ImageDataset, eval_tensor, load_dataset
 from bandistill.launch import run_stage
+from bandistill.run.manifest import CHANGED
 from bandistill.run.options import BanOptions
 from bandistill.run.report import EVALUATION_FILE, network_label, parameters_of, views_seen
 from bandistill.run.stages import Stages, summary
@@ -78,6 +79,8 @@ class Chain(Stages):
                 if o.transfer_ends:
                     config.transfer_ends_from = str(checkpoints[0])
                     inputs["transfer_ends_from"] = self.digest(made(0), checkpoints[0])
+            if k == 0:
+                self._switched_generation0(gen_dir)
             if k == 0 and o.teacher:
                 self._import_teacher(gen_dir, fingerprint)
             else:
@@ -100,6 +103,22 @@ class Chain(Stages):
         self.stage("ensemble", ens_sig, [bane, evaluation], lambda: self._ensemble(onnx_files, bane, evaluation),
                    cleanup=[bane, evaluation])
         return {} if self.planning else json.loads(evaluation.read_text())
+
+    def _switched_generation0(self, gen_dir: Path) -> None:
+        """A run whose generation 0 was trained and is now to be imported (``--teacher`` added), or the
+        reverse: the finished generation 0 is a changed stage (refused, or moved aside with ``supersede``)."""
+        now, before = ("gen0.import", "gen0.train") if self.opts.teacher else ("gen0.train", "gen0.import")
+        if not self.manifest.record(before):
+            return
+        if self.planning:
+            self.plan[now] = CHANGED
+            self.changed[now] = [f"generation 0 was {'trained' if before == 'gen0.train' else 'imported'}, "
+                                 f"now {'imported from --teacher' if self.opts.teacher else 'trained'}"]
+            self.replaces[now] = [gen_dir]
+        else:  # superseding moved its outputs aside before this pass
+            if (gen_dir / MODEL_FILE).exists():
+                self.aside.move([gen_dir], f"{self.root.name}/{now} replaces {before}")
+            self.manifest.forget([before])
 
     def _import_teacher(self, gen_dir: Path, fingerprint: str) -> None:
         """Generation 0 from ``--teacher``'s weights; its test accuracy is logged before anything is dumped."""
