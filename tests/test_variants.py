@@ -18,7 +18,7 @@ def test_items_parse_into_canonical_names_and_folders():
 
 @pytest.mark.parametrize("text,fragment", [
     ("ban,xyz", "unknown loss 'xyz'"), ("kd:T", "is not T=<number>"), ("kd:T=abc", "is not a number"),
-    ("ban:alpha=0.9", "kd only"), ("ban,ban+l,ban", "'ban' twice"), ("kd:T=0", "--temperature must be positive"),
+    ("ban:alpha=0.9", "kd only"), ("ban,ban+l,ban", "'ban' twice"), ("kd:T=0", "--temperature must be between"),
     ("", "is empty"), ("kd:T=4:T=2", "each at most once"), ("ban:model=nope", "nope"),
 ])
 def test_bad_items_are_one_line_user_errors(text, fragment):
