@@ -78,5 +78,6 @@ def warning(v: dict[str, Any] | None) -> str | None:
     """The one line ``train`` prints for a collapsed run (None when it did not collapse)."""
     if not v or not v.get("collapsed"):
         return None
-    return (f"collapsed: the model learned little beyond one class ({v['why']}); a learning-rate warmup "
-            "(--warmup-epochs 1 or 2) or a lower --lr usually fixes this, see the README")
+    return (f"collapsed: the model learned little beyond one class ({v['why']}); a student's ban+l loss is "
+            "twice a cross entropy, so it starts at twice generation 0's step size: --warmup-epochs 1 or half "
+            "the --lr fixed this in benchmarks/collapse.py (see the README)")

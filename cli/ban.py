@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from bandistill.cli.output import print_json, print_report_table
+from bandistill.cli.output import print_json, print_report_table, print_variants_table
+from bandistill.errors import UserError
 from bandistill.cli.train import LOSSES
 from bandistill.run import DEFAULT_VIEWS, ban_options, run_ban
 from bandistill.progress import stderr_console
@@ -38,6 +39,17 @@ from bandistill.progress import stderr_console
 @click.option("--weight-decay", type=float, default=None)
 @click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True)
 @click.option("--loss", type=click.Choice(LOSSES), default="ban+l", show_default=True)
+@click.option("--variants", default=None,
+              help="Several students of generation 0's cache, e.g. ban,ban+l,cwtm,dkpp,kd:T=4 (items: a loss with "
+                   "optional :T=, :alpha=, :model=); one report row each. Replaces --loss/--temperature/--alpha.")
+@click.option("--chain-from", default=None, help="The variant the chain goes on from (default: the first).")
+@click.option("--warmup-epochs", type=int, default=0, show_default=True,
+              help="Students only: raise the lr linearly over their first N epochs (0: the paper's recipe); "
+                   "against a student collapsing onto one class.")
+@click.option("--bane-teacher", is_flag=True,
+              help="Generation k learns from the average of generations 0..k-1's caches (the BANE as teacher).")
+@click.option("--teacher-average", type=click.Choice(["probs", "logits"]), default="probs", show_default=True,
+              help="With --bane-teacher: average the members' probabilities (the BANE) or logits.")
 @click.option("--temperature", type=float, default=1.0, show_default=True)
 @click.option("--alpha", type=float, default=0.5, show_default=True)
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
@@ -59,12 +71,19 @@ def command(ctx: click.Context, out: str, supersede: bool, as_json: bool, **opts
     and options that would redo finished stages are refused unless --supersede is given.
     """
     given = {k: v for k, v in opts.items() if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+    if given.get("variants"):
+        clash = next((k for k in ("loss", "temperature", "alpha") if k in given), None)
+        if clash:
+            raise UserError(f"--{clash} and --variants both say how students learn; put it in a variant "
+                            "(e.g. kd:T=4:alpha=0.9) and drop --" + clash)
     result = run_ban(ban_options(out, given), out, supersede=supersede,
                      log=lambda msg: stderr_console.print(f"[dim]{msg}[/dim]"))
     if as_json:
-        print_json({k: result[k] for k in ("out", "stages_run", "rows", "files")})
+        print_json({k: result.get(k) for k in ("out", "stages_run", "rows", "files", "variants")})
     else:
         print_report_table(result["rows"])
+        if result.get("variants"):
+            print_variants_table(result["variants"])
         for note in result.get("notes", []):
             click.echo(note)
         click.echo(f"report: {result['files']['report.md']}")

@@ -10,6 +10,7 @@ they run again. One process at a time works in a run folder (:mod:`bandistill.lo
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +18,8 @@ from bandistill.cache.schema import check_top_k
 from bandistill.data import load_dataset
 from bandistill.errors import UserError
 from bandistill.lock import folder_lock
-from bandistill.run.chain import Chain
+from bandistill.report import REPORT_FILES
+from bandistill.run.chain import DERIVED, Chain
 from bandistill.run.manifest import Manifest
 from bandistill.run.options import BanOptions, record_options
 from bandistill.run.repeats import move_chain, single_seed_moves
@@ -54,9 +56,13 @@ def run_ban(opts: BanOptions, out: str | Path, *, supersede: bool = False, progr
                           planning=True)
             chain.run()
             plans.append(chain)
-        changed = {c.root: c.changed for c in plans if c.changed}
+        # derived stages (the ensemble's evaluation) are redone without asking: their old outputs are moved aside
+        changed = {c.root: {s: why for s, why in c.changed.items() if s not in DERIVED} for c in plans}
+        changed = {root: stages for root, stages in changed.items() if stages}
         if changed and not supersede:
             raise UserError(refusal(changed, out))
+        if not supersede:
+            refuse_fewer_generations(opts, plans, out)
         aside = Superseded(out, log)
         for seed, root in moves.items():  # the single-seed chain becomes seed-<s>/ of a --repeats run
             move_chain(root, opts.chain_dir(out, seed), log)
@@ -74,5 +80,20 @@ def run_ban(opts: BanOptions, out: str | Path, *, supersede: bool = False, progr
                           aside=aside)
             chain.run()
             worked += chain.trained
+        if worked:  # the report changes with what ran: the old one is kept, not overwritten
+            aside.move([out / name for name in REPORT_FILES], "the report is redone")
         report = build_report(out)
     return {"out": str(out), "stages_run": worked, **report}
+
+
+def refuse_fewer_generations(opts: BanOptions, plans: list[Chain], out: Path) -> None:
+    """Lowering --generations on a run that trained more is refused (raising it trains only the new ones)."""
+    for chain in plans:
+        trained = [int(m.group(1)) for name in chain.manifest.stages
+                   if (m := re.fullmatch(r"gen(\d+)\.train", name))]
+        if trained and max(trained) > opts.generations:
+            raise UserError(f"--generations {opts.generations} is lower than the {max(trained)} generations "
+                            f"{out} holds: lowering it is refused (their ensemble and report would leave "
+                            f"generations {opts.generations + 1}..{max(trained)} out); pass --generations "
+                            f"{max(trained)} or more, or --supersede to redo the ensemble without them "
+                            "(the old one is moved aside, the generations stay on disk)")

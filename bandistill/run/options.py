@@ -20,6 +20,7 @@ from bandistill.run.manifest import MANIFEST_FILE
 from bandistill.train import TrainConfig
 from bandistill.data.resized_crop import RandomResizedCrop
 from bandistill.data.views import ViewPlan, ViewPolicy
+from bandistill.variants import Variant, parse_variant, parse_variants
 
 OPTIONS_FILE = "ban.json"
 #: The view plan of every student's cache, chosen from benchmarks/cache_fidelity.py (see the README).
@@ -57,6 +58,12 @@ class BanOptions:
     # ``model`` then names their architecture (taken from the file when it is a bandistill checkpoint)
     teacher: str | None = None
     class_map: str | None = None
+    # generation 1's students, one per variant (bandistill.variants), and the one the chain goes on from
+    variants: str | None = None
+    chain_from: str | None = None
+    bane_teacher: bool = False  # generation k learns from the average of generations 0..k-1's caches
+    teacher_average: str = "probs"  # with bane_teacher: average probabilities or logits
+    warmup_epochs: int = 0  # students only: linear lr warmup over their first N epochs (0: the paper's recipe)
 
     def validate(self) -> "BanOptions":
         from bandistill.device import resolve_device
@@ -97,12 +104,40 @@ class BanOptions:
         for model in {self.model, self.student_model or self.model}:
             TrainConfig(model=model, dataset=self.dataset, epochs=self.epochs, batch_size=self.batch_size,
                         lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule).validate()
+        if self.variants:  # the chain goes on with its variant's recipe: that is the run's loss
+            lead = self.chain_variant()
+            self.loss, self.temperature, self.alpha = lead.loss, lead.temperature, lead.alpha
+        elif self.chain_from:
+            raise UserError("--chain-from names one of --variants; give --variants too")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise UserError(f"--warmup-epochs must be between 0 and --epochs ({self.epochs}), got {self.warmup_epochs}")
+        if self.teacher_average not in ("probs", "logits"):
+            raise UserError(f"unknown --teacher-average '{self.teacher_average}': use probs or logits")
+        if self.teacher_average != "probs" and not self.bane_teacher:
+            raise UserError("--teacher-average applies to --bane-teacher; add it or drop --teacher-average")
         check_loss_options(self.loss, self.temperature, self.alpha)
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         check_opset(self.opset)
         resolve_device(self.device)  # --device cuda without a GPU: refused here, not after gen0 moved aside
         return self
+
+    def student_variants(self) -> list[Variant]:
+        """Generation 1's students: the ``--variants`` items, or the one student ``--loss`` etc. describe."""
+        if self.variants:
+            return parse_variants(self.variants)
+        return [Variant(self.loss, self.temperature, self.alpha)]
+
+    def chain_variant(self) -> Variant:
+        """The variant whose student is BAN-1 and whose recipe teaches generations 2..N (default: the first)."""
+        variants = self.student_variants()
+        if not self.chain_from:
+            return variants[0]
+        wanted = parse_variant(self.chain_from).name
+        for v in variants:
+            if v.name == wanted:
+                return v
+        raise UserError(f"--chain-from {self.chain_from} is not one of --variants ({', '.join(v.name for v in variants)})")
 
     def chain_seeds(self) -> list[int]:
         return [self.seed + 1000 * r for r in range(self.repeats)]

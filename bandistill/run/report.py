@@ -87,7 +87,8 @@ def read_evaluation(path: Path) -> dict[str, Any]:
 
 def build_report(out: str | Path) -> dict[str, Any]:
     """Regenerate report.md, report.json and report.png from the evaluations on disk."""
-    from bandistill.report import aggregate, markdown, write_report
+    from bandistill.report import (aggregate, aggregate_variants, collapse_notes, markdown, provider_note,
+                                   write_report)
 
     out = Path(out)
     if not out.is_dir():
@@ -102,5 +103,18 @@ def build_report(out: str | Path) -> dict[str, Any]:
     rows = [aggregate(name, group[0]["parameters"], group) for name, group in by_network.items()]
     seen = chains[0].get("views_seen")
     notes = [views_note(seen)] if seen else []
-    files = write_report(out, rows, extra={"seeds": [c["seed"] for c in chains], "views_seen": seen}, notes=notes)
-    return {"rows": rows, "files": files, "markdown": markdown(rows, notes=notes), "notes": notes}
+    notes += [n for n in (teacher_note(chains[0].get("taught_by")), provider_note(chains)) if n]
+    notes += collapse_notes(chains)
+    variants = aggregate_variants(chains)
+    files = write_report(out, rows, extra={"seeds": [c["seed"] for c in chains], "views_seen": seen,
+                                           "taught_by": chains[0].get("taught_by")}, notes=notes, variants=variants)
+    return {"rows": rows, "files": files, "markdown": markdown(rows, notes=notes, variants=variants), "notes": notes,
+            "variants": variants}
+
+
+def teacher_note(taught_by: dict[str, Any] | None) -> str | None:
+    """How generations 2..N were taught, when not by the previous generation alone."""
+    if not taught_by or not taught_by.get("bane"):
+        return None
+    return (f"Generations 2..N were taught by the BANE: generation k by the average ({taught_by['average']}) of "
+            "generations 0..k-1's cached soft targets on the same views (--bane-teacher).")
