@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bandistill.cli.output import print_json, print_report_table
+from bandistill.cli.output import print_json, print_report_table, print_variants_table
 from bandistill.run import build_report
 
 
@@ -15,9 +15,11 @@ def command(run_dir: str, as_json: bool) -> None:
     """Rewrite report.md, report.json and report.png of a 'bandistill ban' run."""
     result = build_report(run_dir)
     if as_json:
-        print_json({"rows": result["rows"], "files": result["files"]})
+        print_json({"rows": result["rows"], "files": result["files"], "variants": result.get("variants")})
     else:
         print_report_table(result["rows"])
+        if result.get("variants"):
+            print_variants_table(result["variants"])
         for note in result.get("notes", []):
             click.echo(note)
         click.echo(f"report: {result['files']['report.md']}")
