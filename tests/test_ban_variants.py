@@ -96,6 +96,8 @@ def test_a_variant_added_to_a_finished_run_trains_only_that_variant(one_generati
     assert "one student per variant" in report and "| kd:T=4 |" in report
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert set(evaluation["variants"]["providers"]) == {"ban+l", "ban", "kd:T=4"}
+    printed = run_cli("report", out)
+    assert printed.exit_code == 0 and "kd:T=4" in printed.stdout and "one student per variant" in printed.stdout
     # the same options again: nothing to do
     assert run_ban(ban_options(out, {}), out, progress=False)["stages_run"] == []
 
