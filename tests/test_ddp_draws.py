@@ -98,3 +98,30 @@ def test_cwtm_is_accepted_under_torchrun(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     TrainConfig(model="resnet-20", dataset="digits", teacher_cache="c.h5", loss="cwtm").validate()
+
+
+@pytest.mark.slow
+def test_train_cwtm_under_torchrun_equals_one_process(digits_teacher, tmp_path):
+    """End to end: ``train --loss cwtm`` on 2 gloo processes (--sync-bn) ends with the one-process weights."""
+    import subprocess
+    import sys
+
+    from bandistill.dump import dump_logits
+    from bandistill.train import TrainConfig, train
+
+    cache = tmp_path / "c.h5"
+    dump_logits(digits_teacher, "digits", cache, views="epochs", epochs=1, dtype="float32", device="cpu",
+                progress=False)
+    args = dict(model="resnet-8", dataset="digits", epochs=1, lr=0.001, seed=3, device="cpu", loss="cwtm",
+                sync_bn=True)
+    train(TrainConfig(**args, teacher_cache=str(cache)), tmp_path / "single", progress=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "bandistill",
+           "train", "--model", "resnet-8", "--dataset", "digits", "--epochs", "1", "--lr", "0.001", "--seed", "3",
+           "--device", "cpu", "--loss", "cwtm", "--sync-bn", "--teacher-logits", str(cache), "--out",
+           str(tmp_path / "ddp")]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one = torch.load(tmp_path / "single" / "model.pt", weights_only=True)["state_dict"]
+    two = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)["state_dict"]
+    assert max((one[k].float() - two[k].float()).abs().max().item() for k in one) < 1e-4
