@@ -2,8 +2,8 @@
 
 ``--dataset imagefolder --image-size S`` takes this path (without ``--image-size`` a tree is
 decoded whole into memory, :mod:`bandistill.data.imagefolder`). What is held is the list of
-files (relative paths as bytes), their labels and their sizes from the headers: about 70
-bytes per image, nothing that grows with the pixels. Each batch is decoded, cropped and
+files (relative paths as bytes), their labels and their sizes from the headers: nothing that
+grows with the pixels. Each batch is decoded, cropped and
 resized when a step asks for it (:meth:`FileImages.render`), by a pool of threads (Pillow
 releases the GIL while it decodes and resamples), in uint8 on the CPU: the one place pixels
 are made, so the teacher's views and the student's are the same bytes.
