@@ -97,6 +97,7 @@ class FittedWeights:
                 raise UserError("pass --mean and --std together (one value per image channel each)")
             norm, source = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}, "given with --mean/--std"
         channels = dataset.in_channels
+        _check_channels(state, channels, self.path)
         if len(norm["mean"]) != channels or len(norm["std"]) != channels or min(norm["std"]) <= 0:
             raise UserError(f"the normalisation ({source}) has {len(norm['mean'])} channels and the dataset's images "
                             f"{channels}; pass --mean and --std with {channels} values each (std > 0)")
@@ -149,6 +150,17 @@ class FittedWeights:
         if self.recipe is not None:
             out["library_recipe"] = self.recipe
         return out
+
+
+def _check_channels(state: dict[str, torch.Tensor], channels: int, path: Path) -> None:
+    """One line for weights made for another number of image channels (RGB weights, grayscale data)."""
+    from bandistill.transfer import teacher_ends
+
+    first = teacher_ends(state)[0]
+    weight = state.get(f"{first}.weight") if first else None
+    if weight is not None and weight.shape[1] != channels:
+        raise UserError(f"{path} takes {weight.shape[1]}-channel images but the dataset's have {channels}; "
+                        "give it images with as many channels (e.g. the RGB version of the data)")
 
 
 def teacher_architecture(weights: str | Path) -> str:

@@ -401,3 +401,11 @@ def test_adding_a_teacher_to_a_trained_run_is_refused_or_supersedes(digits_teach
     moved = list((out / "superseded").glob("*/gen0/model.pt"))
     assert len(moved) == 1 and load_checkpoint(moved[0])["model"]["name"] == "resnet-8"  # kept, not deleted
     assert load_checkpoint(out / "gen0" / "model.pt")["imported"]["format"] == "bandistill checkpoint"
+
+
+def test_rgb_weights_on_grayscale_data_are_one_line(tmp_path):
+    path = _full_head_state(tmp_path, classes=10)
+    for extra in ([], ["--mean", "0.5", "--std", "0.25"]):
+        result = run_cli("import-teacher", path, "--model", "torchvision/resnet18", "--dataset", "digits", *extra,
+                         "--out", tmp_path / "t")
+        assert_one_line_error(result, "takes 3-channel images but the dataset's have 1")
