@@ -249,4 +249,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except UserError as exc:  # e.g. --provider cuda where onnxruntime's CUDA provider cannot start: one line why
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

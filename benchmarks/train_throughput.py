@@ -1,6 +1,6 @@
-"""Training throughput: bandistill's step vs a stock eager PyTorch loop, with model FLOPs utilisation.
+"""Training throughput: bandistill's step vs stock PyTorch (eager, and CUDA graphs), with model FLOPs utilisation.
 
-For each model, on CIFAR-shaped random data, three loops take turns in one process
+For each model, on CIFAR-shaped random data, three loops (four on CUDA) take turns in one process
 (rounds of a few steps each, the order rotated per round, so drift in the machine's load
 hits all alike):
 
@@ -10,11 +10,16 @@ hits all alike):
 * ``stock``: the loop a PyTorch user writes first -- float batches already on the device,
   ``model(x)``, cross entropy, ``zero_grad``/``backward``/``step`` with the default SGD, eager
   (bf16 autocast and channels_last on CUDA, like bandistill);
+* ``stock_graph`` (CUDA only): the same stock step captured whole as one CUDA graph, the recipe
+  of PyTorch's CUDA-graphs documentation (static input and label buffers, warm-up on a side
+  stream, ``torch.cuda.graph`` around forward, backward and ``optimizer.step``), each batch
+  copied into the static buffers and replayed: what a PyTorch user gets from CUDA graphs alone;
 * ``pre_split``: the body of bandistill's loop before issue 10 (commit 047ce3e, transcribed
   below): the reference for "nothing got slower".
 
-Reported per model: images/s of each (median over rounds), ``bandistill_over_stock`` and
-``bandistill_over_pre_split`` (median over rounds of the per-round ratio), and MFU: the
+Reported per model: images/s of each (median over rounds), ``bandistill_over_stock``,
+``bandistill_over_stock_graph`` (CUDA) and ``bandistill_over_pre_split`` (median over rounds of
+the per-round ratio), and MFU: the
 model's training FLOPs per image (``torch.utils.flop_counter``, forward + backward) times
 images/s over a matrix-product peak measured in the same run (bf16 on CUDA, fp32 on CPU).
 
@@ -108,6 +113,39 @@ def loops(name: str, batch: int, n: int, device: torch.device, compile_mode: str
         loss.backward()
         opt2.step()
 
+    # stock PyTorch with the whole step captured as one CUDA graph (PyTorch's documented recipe)
+    stock_graph = None
+    if device.type == "cuda":
+        m4 = model()
+        opt4 = torch.optim.SGD(m4.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=wd)
+        static_x = torch.zeros((batch, *floats.shape[1:]), device=device).contiguous(memory_format=torch.channels_last)
+        static_y = torch.zeros(batch, dtype=torch.long, device=device)
+        graph: list[torch.cuda.CUDAGraph] = []
+
+        def stock_body() -> None:
+            with autocast(device):
+                out = m4(static_x)
+            loss = F.cross_entropy(out.float(), static_y)
+            loss.backward()
+            opt4.step()
+
+        def stock_graph(idx: torch.Tensor) -> None:
+            static_x.copy_(floats[idx])
+            static_y.copy_(labels[idx])
+            if not graph:  # first call: three warm-up steps on a side stream, then the capture
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        opt4.zero_grad(set_to_none=True)
+                        stock_body()
+                torch.cuda.current_stream().wait_stream(side)
+                opt4.zero_grad(set_to_none=True)
+                graph.append(torch.cuda.CUDAGraph())
+                with torch.cuda.graph(graph[0]):  # backward's gradients land in the graph's own .grad buffers
+                    stock_body()
+            graph[0].replay()
+
     # the loop body before issue 10 (047ce3e), transcribed
     m3 = model()
     decay = [p for p in m3.parameters() if p.ndim > 1]
@@ -132,9 +170,14 @@ def loops(name: str, batch: int, n: int, device: torch.device, compile_mode: str
         loss_sum += loss.detach() * idx.numel()
         correct += (logits.detach().argmax(1) == y).sum()
 
-    m1.train(), m2.train(), m3.train()
+    for m in (m1, m2, m3):
+        m.train()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    return {"bandistill": ours.step, "stock": stock, "pre_split": pre_split}, sync
+    kinds = {"bandistill": ours.step, "stock": stock, "pre_split": pre_split}
+    if stock_graph is not None:
+        m4.train()
+        kinds["stock_graph"] = stock_graph
+    return kinds, sync
 
 
 def measure(name: str, args, device: torch.device, peak: float) -> dict:
@@ -174,6 +217,7 @@ def measure(name: str, args, device: torch.device, peak: float) -> dict:
         "compile": compile_mode,
         "images_per_s": ips,
         "bandistill_over_stock": ratio("bandistill", "stock"),
+        **({"bandistill_over_stock_graph": ratio("bandistill", "stock_graph")} if "stock_graph" in kinds else {}),
         "bandistill_over_pre_split": ratio("bandistill", "pre_split"),
         "train_gflops_per_image": flops / 1e9,
         "mfu": {k: v * flops / peak for k, v in ips.items()},
@@ -186,9 +230,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=0, help="default: 128 on CUDA, 32 on the CPU")
     ap.add_argument("--steps", type=int, default=0, help="steps per loop per round (default: 20 CUDA, 2 CPU)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of the three loops, interleaved")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the loops, interleaved")
     ap.add_argument("--warmup", type=int, default=0, help="untimed steps per loop (default: 10 CUDA, 1 CPU)")
     ap.add_argument("--compile", default="auto", help="bandistill's --compile (auto: graph on CUDA, none on CPU)")
+    ap.add_argument("--peak-seconds", type=float, default=1.0, help="time spent measuring the matmul peak, twice")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     dev = resolve_device(args.device)
@@ -199,9 +244,9 @@ def main(argv: list[str] | None = None) -> dict:
     if gpu:
         torch.backends.cudnn.benchmark = True
     # the peak is measured before and after the models (the best of both): a busy machine lowers it
-    peak = matmul_peak(dev)
+    peak = matmul_peak(dev, args.peak_seconds)
     rows = [measure(name.strip(), args, dev, peak) for name in args.models.split(",") if name.strip()]
-    after = matmul_peak(dev)
+    after = matmul_peak(dev, args.peak_seconds)
     if after > peak:
         for r in rows:
             r["mfu"] = {k: v * peak / after for k, v in r["mfu"].items()}
@@ -222,14 +267,18 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"train throughput on {result['device']}, batch {args.batch_size}, {args.rounds} interleaved rounds "
               f"of {args.steps} steps; measured {result['peak_dtype']} matmul peak "
               f"{result['peak_tflops']:.3f} TFLOP/s")
-        print(f"| model | bandistill img/s | stock eager img/s | pre-split img/s | bandistill / stock | "
-              f"bandistill / pre-split | MFU bandistill | MFU stock |")
-        print("|---|---|---|---|---|---|---|---|")
+        graphs = gpu  # the stock CUDA-graph loop runs on CUDA only
+        print("| model | bandistill img/s | stock eager img/s |" + (" stock graph img/s |" if graphs else "")
+              + " pre-split img/s | bandistill / stock |" + (" bandistill / stock graph |" if graphs else "")
+              + " bandistill / pre-split | MFU bandistill | MFU stock |")
+        print("|---" * (10 if graphs else 8) + "|")
         for r in rows:
             ips, mfu = r["images_per_s"], r["mfu"]
             print(f"| {r['model']} ({r['compile']}) | {ips['bandistill']:.1f} | {ips['stock']:.1f} | "
-                  f"{ips['pre_split']:.1f} | {r['bandistill_over_stock']:.3f} | "
-                  f"{r['bandistill_over_pre_split']:.3f} | {100 * mfu['bandistill']:.1f}% | "
+                  + (f"{ips['stock_graph']:.1f} | " if graphs else "")
+                  + f"{ips['pre_split']:.1f} | {r['bandistill_over_stock']:.3f} | "
+                  + (f"{r['bandistill_over_stock_graph']:.3f} | " if graphs else "")
+                  + f"{r['bandistill_over_pre_split']:.3f} | {100 * mfu['bandistill']:.1f}% | "
                   f"{100 * mfu['stock']:.1f}% |")
     return result
 

@@ -142,6 +142,7 @@ def test_provider_cuda_on_the_command_line_is_one_line(gen0_onnx) -> None:
     assert_one_line_error(run_cli("ensemble", "--onnx", gen0_onnx, "--cuda-graph"), "--cuda-graph")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(NO_CUDA or not torch.cuda.is_available(), reason="needs onnxruntime on a CUDA GPU")
 def test_on_a_gpu_cuda_sessions_run_bound_on_the_device(gen0_onnx, digits) -> None:
     session = create_session(gen0_onnx, "cuda")

@@ -68,6 +68,7 @@ def test_background_writer_reports_a_failed_write_in_the_training_thread(tmp_pat
     writer.wait()  # nothing pending any more: the error was reported once
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("model", ["resnet-20", "densenet-bc-22-8"])
 def test_the_captured_step_trains_as_well_as_the_eager_one(model, tmp_path):
@@ -84,6 +85,7 @@ def test_the_captured_step_trains_as_well_as_the_eager_one(model, tmp_path):
     assert abs(results["graph"]["test_accuracy"] - results["none"]["test_accuracy"]) < 0.05
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_capture_waits_for_the_checkpoint_writer(tmp_path, monkeypatch):
     """Two full batches an epoch: capture (after 3 warm-up steps) falls in epoch 2, while epoch 1's

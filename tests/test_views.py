@@ -103,6 +103,7 @@ def test_loader_workers_change_nothing(images, workers):
     assert torch.equal(torch.cat(list(loader)), expected)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_same_pixels_on_gpu(images):
     policy = ViewPolicy(pad=4, flip=True)
