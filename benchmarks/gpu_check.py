@@ -36,12 +36,14 @@ the others run; each gets at most what is left of ``--budget``):
 * ``ensemble_throughput``: the merged BANE of ban's generations on onnxruntime's CUDA provider with
   IO binding and as a CUDA graph, vs the same models in PyTorch (or one line why the CUDA provider
   could not start);
-* ``stream``: the streaming data path, once ``benchmarks/stream_throughput.py`` exists.
+* ``stream_ban``: the same on the streaming source (``--image-size``: JPEGs of varying sizes decoded
+  per batch), and ``stream_throughput``: that source against a stock torchvision DataLoader.
 
 Output: a table on stdout (what, figure, target, verdict: holds / falls short / could not run
 (why) / measured, for rows without a target), the same rows as JSON in ``--out``, and each
-check's full output in ``<out stem>_logs/``. The data are random (CIFAR-10's on-disk layout,
-written into the scratch folder): speed does not depend on the pixels, and nothing is downloaded.
+check's full output in ``<out stem>_logs/``. The data are random (CIFAR-10's on-disk layout and a
+tree of JPEGs, written into the scratch folder): speed does not depend on the pixels, and nothing
+is downloaded.
 With ``--smoke`` every check runs at toy sizes on the CPU: the verdicts then say nothing about
 a GPU; the run only shows that every check still works.
 """
@@ -190,7 +192,8 @@ class Context:
     work: Path
     logs: Path
     env: dict[str, str]
-    data: Path = field(default=Path())
+    data: Path = field(default=Path())  # CIFAR-10's layout, random images
+    photos: Path = field(default=Path())  # an ImageFolder tree of JPEGs of varying sizes
     env_info: dict[str, Any] = field(default_factory=dict)  # what the env check found
 
     def python(self, *args: str | Path) -> list[str]:
@@ -402,10 +405,10 @@ def ban_command(ctx: Context) -> list[str]:
                       "--device", "cuda")
 
 
-def ban_rows(ctx: Context, ran: Ran) -> list[dict[str, Any]]:
+def ban_rows(ctx: Context, ran: Ran, folder: str = "ban", label: str = "ban end to end") -> list[dict[str, Any]]:
     if ran.code != 0:
         raise RuntimeError(ran.why())
-    stages = json.loads((ctx.work / "ban" / "manifest.json").read_text())["stages"]
+    stages = json.loads((ctx.work / folder / "manifest.json").read_text())["stages"]
     want = "cpu" if ctx.smoke else "cuda"
     trained = {k: v["result"] for k, v in stages.items() if k.endswith(".train")}
     parity = {k: v["result"]["parity"] for k, v in stages.items() if k.endswith(".export")}
@@ -416,19 +419,56 @@ def ban_rows(ctx: Context, ran: Ran) -> list[dict[str, Any]]:
               f"{', '.join(sorted({str(t.get('device')) + ' (' + str(t.get('compile')) + ')' for t in trained.values()}))}; "
               f"export parity max |logit diff| {worst['max_abs_logit_diff']:.1e} (tolerance {worst['tolerance']:.1e}, "
               f"argmax agreement {worst['argmax_agreement']:.3f})")
-    return [row("ban", f"ban end to end ({trained['gen0.train']['model']}, {len(trained) - 1} born-again "
-                       "generations)", figure,
-                f"finishes on {want}; export parity within tolerance", HOLDS if on_device and within else SHORT)]
+    return [row("ban", f"{label} ({trained['gen0.train']['model']}, {len(trained) - 1} born-again generations)",
+                figure, f"finishes on {want}; export parity within tolerance", HOLDS if on_device and within else SHORT)]
 
 
-STREAM_SCRIPT = BENCHMARKS / "stream_throughput.py"
+# -- the streaming source (photos on disk, --image-size) -----------------------------------------
+def jpeg_tree(root: Path, classes: int, per_class: int, sizes: tuple[int, int], seed: int = 0) -> Path:
+    """train/ and val/ JPEGs of ``classes`` classes, each its own size (``sizes`` px a side), one in three greyscale."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("val", max(2, per_class // 5))):
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = (int(v) for v in rng.integers(*sizes, size=2))
+                arr = rng.integers(0, 80, size=(h, w, 3), dtype=np.uint8)
+                arr[..., c % 3] += 150
+                img = Image.fromarray(arr)
+                (img.convert("L") if i % 3 == 1 else img).save(d / f"{i}.JPEG", quality=90)
+    return root
 
 
-def stream_rows(ctx: Context, ran: Ran) -> list[dict[str, Any]]:
+STREAM_IMAGE_SIZE = {"gpu": 64, "smoke": 16}
+
+
+def stream_ban_command(ctx: Context) -> list[str]:
+    size = STREAM_IMAGE_SIZE["smoke" if ctx.smoke else "gpu"]
+    args = ["-m", "bandistill", "ban", "--dataset", "imagefolder", "--data-dir", str(ctx.photos), "--image-size",
+            str(size), "--model", "resnet-8", "--generations", "1", "--epochs", "1", "--out",
+            str(ctx.work / "ban_stream"), "--json"]
+    return ctx.python(*args, "--batch-size", "16" if ctx.smoke else "64", "--device", "cpu" if ctx.smoke else "cuda")
+
+
+def stream_throughput_command(ctx: Context) -> list[str]:
+    script = BENCHMARKS / "data_throughput.py"
+    size = STREAM_IMAGE_SIZE["smoke" if ctx.smoke else "gpu"]
+    sizes = ["--workers", "1", "--batch-size", "8", "--batches", "2", "--rounds", "1"] if ctx.smoke else \
+        ["--workers", "8", "--batch-size", "64", "--batches", "10", "--rounds", "2"]
+    return ctx.python(script, "--data-dir", ctx.photos, "--image-size", str(size), "--copies", "1", *sizes, "--json")
+
+
+def stream_throughput_rows(ctx: Context, ran: Ran) -> list[dict[str, Any]]:
     r = ran.json()
-    ratios = {k: v for k, v in r.items() if "_over_" in k and isinstance(v, (int, float))}
-    return [row("stream", "streaming data path", ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()) or "ran",
-                "(no target yet)", MEASURED, result=r)]
+    (tree,) = r["trees"]
+    figure = (f"{tree['stream_over_stock']:.2f}x (stream {tree['stream']['images_per_s']:,.0f} img/s, torchvision "
+              f"DataLoader {tree['stock']['images_per_s']:,.0f}; {r['workers']} workers, {r['image_size']} px)")
+    return [row("stream", "streaming source vs torchvision ImageFolder + RandomResizedCrop DataLoader", figure,
+                "(no target)", MEASURED, result=r)]
 
 
 CHECKS = [
@@ -439,9 +479,11 @@ CHECKS = [
     Check("dump_throughput", "dump throughput", dump_command, dump_rows, timeout=120),
     Check("ban", "ban end to end", ban_command, ban_rows, timeout=180),
     Check("ensemble_throughput", "BANE throughput", ensemble_command, ensemble_rows, timeout=150),
-    Check("stream", "streaming data path", lambda ctx: ctx.python(STREAM_SCRIPT, "--json"), stream_rows, timeout=120,
-          needs=lambda ctx: None if STREAM_SCRIPT.exists() else
-          "not in this checkout yet (issue 16 adds it, with benchmarks/stream_throughput.py)"),
+    Check("stream_ban", "ban end to end on the streaming source", stream_ban_command,
+          lambda ctx, ran: ban_rows(ctx, ran, "ban_stream", "ban end to end, photos streamed (--image-size)"),
+          timeout=150),
+    Check("stream_throughput", "streaming source throughput", stream_throughput_command, stream_throughput_rows,
+          timeout=120),
 ]
 
 
@@ -537,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             env.setdefault("OMP_NUM_THREADS", "1")
         ctx = Context(smoke=args.smoke, work=work, logs=logs, env=env)
         ctx.data = fake_cifar10(work / "data", *((64, 16) if args.smoke else (10_000, 1_000)))
+        ctx.photos = jpeg_tree(work / "photos", *((3, 8, (20, 60)) if args.smoke else (10, 200, (48, 320))))
         only = {s.strip() for s in args.only.split(",") if s.strip()} or None
         rows = run_checks(ctx, budget, only)
     env_info = next((r.get("info", {}) for r in rows if r["check"] == "env"), {})

@@ -28,7 +28,7 @@ def test_gpu_check_smoke_runs_every_check_and_reports_each_as_a_row(tmp_path):
         by.setdefault(r["check"], []).append(r)
     assert list(by) == ["env", "gpu_tests", "train_throughput:resnet-20", "train_throughput:densenet-bc-100-12",
                         "train_throughput:wrn-28-10", "step_cost", "dump_throughput", "ban", "ensemble_throughput",
-                        "stream"]
+                        "stream_ban", "stream_throughput"]
     # the package came from this checkout, arranged by the script (cli/ and cache/ inside), not an install
     (env_row,) = by["env"]
     assert env_row["verdict"] == "holds" and "from the checkout (arranged)" in env_row["figure"], env_row
@@ -40,12 +40,11 @@ def test_gpu_check_smoke_runs_every_check_and_reports_each_as_a_row(tmp_path):
         assert r["verdict"] in RAN | {"could not run (needs a GPU)", "could not run (needs onnxruntime on a CUDA GPU)"}, r
     # every benchmark and the end-to-end chain ran and gave a figure against its target
     for check in ("train_throughput:resnet-20", "train_throughput:densenet-bc-100-12", "train_throughput:wrn-28-10",
-                  "step_cost", "dump_throughput", "ban"):
+                  "step_cost", "dump_throughput", "ban", "stream_ban", "stream_throughput"):
         for r in by[check]:
             assert r["verdict"] in RAN and r["figure"], r
-    assert by["ban"][0]["verdict"] == "holds"
+    assert by["ban"][0]["verdict"] == by["stream_ban"][0]["verdict"] == "holds"
     merged, graph = by["ensemble_throughput"]
     assert merged["verdict"] in RAN and "PyTorch" in merged["figure"], merged
     assert graph["verdict"].startswith("could not run") and "CUDA" in graph["verdict"], graph
-    assert by["stream"][0]["verdict"].startswith("could not run") or by["stream"][0]["verdict"] in RAN
     assert (tmp_path / "check_logs" / "ban.log").exists()
