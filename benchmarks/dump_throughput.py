@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     run = TrainRun(TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, device=args.device,
                                epochs=1), root / "run", progress=False)
     run._build()
-    run.history = [{"test_accuracy": 0.0}]
+    run.history = [{"epoch": 1, "loss": 0.0, "train_accuracy": 0.0, "test_accuracy": 0.0, "test_loss": 0.0}]
     save_checkpoint(run._checkpoint(1, final=True), root / "model.pt")
     dev, ds, policy = run.device, run.dataset, run.dataset.view_policy
     model = run.model.eval()
