@@ -165,3 +165,42 @@ def test_out_that_is_a_checkpoint_is_refused_and_kept(gen0_ckpt, tmp_path) -> No
     assert res.exit_code == 2, res.output
     assert "PyTorch checkpoint" in res.output and len(res.output.strip().splitlines()) == 1
     assert victim.read_bytes() == before
+
+
+def test_a_killed_export_leaves_no_temporary_behind(gen0_ckpt, tmp_path) -> None:
+    """A writer killed mid-export used to leave its hidden .gen0.onnx.<random>.tmp forever; the next write of
+    the same file removes such leftovers, but never the temporary file a live writer holds (locked)."""
+    import fcntl
+    import os
+
+    out = tmp_path / "gen0.onnx"
+    left = tmp_path / ".gen0.onnx.k1ll3d_x.tmp"  # what atomic_write's temporary file is named
+    left.write_bytes(b"half an onnx file")
+    live = tmp_path / ".gen0.onnx.wr1t1ng_.tmp"
+    live.write_bytes(b"being written")
+    other = tmp_path / ".gen1.onnx.k1ll3d_x.tmp"  # another file's: not this write's business
+    other.write_bytes(b"x")
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a concurrent writer holds it
+        export_checkpoint(gen0_ckpt, out, exporter="torchscript", opset=17)
+    finally:
+        os.close(fd)
+    assert out.is_file() and not left.exists()
+    assert live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, live.name, other.name])
+
+
+def test_the_export_does_not_depend_on_where_the_run_folder_lives(gen0_ckpt, tmp_path) -> None:
+    """The metadata named the checkpoint by absolute path: after moving a run folder a re-export had other
+    bytes, and `ban` took the unchanged generation for a changed one."""
+    import shutil
+
+    first, second = tmp_path / "a" / "run", tmp_path / "b" / "moved" / "run"
+    for root in (first, second):
+        (root / "gen0").mkdir(parents=True)
+        shutil.copy(gen0_ckpt, root / "gen0" / "model.pt")
+        export_checkpoint(root / "gen0" / "model.pt", root / "onnx" / "gen0.onnx", exporter="torchscript", opset=17)
+    assert (first / "onnx" / "gen0.onnx").read_bytes() == (second / "onnx" / "gen0.onnx").read_bytes()
+    meta = read_metadata(onnx.load(str(first / "onnx" / "gen0.onnx")))
+    assert meta["checkpoint"] == str(Path("..") / "gen0" / "model.pt")

@@ -139,6 +139,11 @@ def evaluate_ensemble(
         raise UserError(f"--save-onnx {save_onnx} is a folder; give the .onnx file to write (e.g. bane.onnx)")
     asked = provider_name(resolve_providers(provider, cuda_graph=cuda_graph))  # refuses before any work
     members = load_members(onnx_paths, allow_mixed=allow_mixed)
+    for option, target in (("--predictions", predictions), ("--save-onnx", save_onnx)):
+        member = next((m for m in members if target is not None and _same_file(m.path, target)), None)
+        if member is not None:
+            raise UserError(f"{option} {target} is the member {member.name} being evaluated; it was left as it is: "
+                            "choose another file name")
     ds, images, labels, warnings = load_split(members, dataset, data_dir=data_dir, split=split)
     labels_np = labels.numpy()
 
@@ -155,6 +160,9 @@ def evaluate_ensemble(
         row = {**m.summary(), "provider": where, **classification_metrics(np.exp(lp), labels_np)}
         if m.test_accuracy is not None:
             row["train_reported_accuracy"] = m.test_accuracy
+            far = _far_from_reported(m, row["accuracy"], int(labels_np.shape[0]), ds.fingerprint, split)
+            if far:
+                warnings.append(far)
         member_rows.append(row)
     ensembles, probs = named_ensembles(members, log_probs, labels_np, average)
     prefixes = [e for e in ensembles if e["prefix"]]
@@ -188,6 +196,32 @@ def evaluate_ensemble(
         result["probs"] = probs
         result["member_probs"] = [np.exp(lp) for lp in log_probs]
     return result
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # b does not exist yet
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def _far_from_reported(m: OnnxMember, accuracy: float, samples: int, fingerprint: str, split: str) -> str | None:
+    """A warning when a member measures far from the test accuracy its metadata records.
+
+    Only where the two are the same measurement (the test split of the data it was trained on).
+    The export checks parity with PyTorch, so they agree to a few images; much more means the
+    file is not the model its metadata describes (altered weights, a damaged file). A warning,
+    not a refusal: the figures printed are true for the file given, and a file without a
+    weights digest cannot be proven altered (one with a digest is refused when read).
+    """
+    if split != "test" or m.kind != "member" or not samples or m.fingerprint != fingerprint:
+        return None
+    gap = abs(accuracy - m.test_accuracy) * samples
+    if gap <= max(3.0, 0.02 * samples):
+        return None
+    return (f"{m.name} measures {100 * (1 - accuracy):.1f}% error but its metadata records "
+            f"{100 * (1 - m.test_accuracy):.1f}% from training on these images: the file may have been altered "
+            "or damaged; export it again from its checkpoint")
 
 
 def write_predictions(path: str | os.PathLike, probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> None:

@@ -35,7 +35,7 @@ from bandistill.errors import UserError, VerificationError
 from bandistill.identity import checkpoint_identity
 from bandistill.onnx.meta import (
     BATCH_DIM, DEFAULT_OPSET, FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, check_model, check_opset,
-    check_replaceable, input_description, model_opset, set_metadata,
+    check_replaceable, input_description, model_opset, set_metadata, weights_digest,
 )
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -147,8 +147,13 @@ def _parity_images(ckpt: dict[str, Any], dataset, data_dir, samples: int) -> tor
     return images
 
 
-def _metadata(ckpt: dict[str, Any], ckpt_path: Path, mean, std, shape: list[int], exporter: str) -> dict[str, Any]:
-    """The ``bandistill.*`` metadata of one generation (see :data:`bandistill.onnx.meta.METADATA_KEYS`)."""
+def _metadata(ckpt: dict[str, Any], ckpt_path: Path, out: Path, mean, std, shape: list[int],
+              exporter: str) -> dict[str, Any]:
+    """The ``bandistill.*`` metadata of one generation (see :data:`bandistill.onnx.meta.METADATA_KEYS`).
+
+    ``checkpoint`` is the checkpoint's path relative to the ONNX file's folder: the file's bytes
+    must not depend on where its run folder lives (``ban`` compares them after a folder moved).
+    """
     info, config = ckpt["dataset"], ckpt.get("config") or {}
     return {
         "format": FORMAT,
@@ -169,7 +174,7 @@ def _metadata(ckpt: dict[str, Any], ckpt_path: Path, mean, std, shape: list[int]
         "normalization": "inside the graph: (image / 255 - mean) / std, per channel",
         "val_split": float(config.get("val_split") or 0.0),
         "view_policy": info.get("view_policy", ""),
-        "checkpoint": str(ckpt_path.resolve()),
+        "checkpoint": os.path.relpath(ckpt_path.resolve(), out.resolve().parent),
         "checkpoint_digest": checkpoint_identity(ckpt),
         "test_accuracy": (ckpt.get("metrics") or {}).get("test_accuracy"),
         "teacher": ckpt.get("teacher"),
@@ -241,7 +246,7 @@ def export_checkpoint(
     reference = predict_logits(net, images, mean, std).numpy()
     shape = [int(s) for s in ckpt["dataset"].get("image_shape") or images.shape[1:]]
     exporter_label = f"torch.onnx {chosen} (torch {torch.__version__})"
-    metadata = _metadata(ckpt, ckpt_path, mean, std, shape, exporter_label)
+    metadata = _metadata(ckpt, ckpt_path, out, mean, std, shape, exporter_label)
     parity: dict[str, Any] = {}
 
     def write(tmp: str) -> None:
@@ -261,6 +266,7 @@ def export_checkpoint(
             f"({metadata['num_classes']} classes). {metadata['input']} Output logits: float32 (batch, classes)."
         )
         model.graph.name = f"bandistill_gen{metadata['generation']}_{metadata['model']}".replace("-", "_")
+        set_metadata(model, {"weights_digest": weights_digest(model)})
         check_model(model, f"the export of {ckpt_path}")
         onnx.save(model, tmp)
         try:

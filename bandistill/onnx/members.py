@@ -20,7 +20,7 @@ import numpy as np
 
 from bandistill.bane import to_log_probs
 from bandistill.errors import UserError
-from bandistill.onnx.meta import FORMAT, load_model, model_opset, read_metadata
+from bandistill.onnx.meta import FORMAT, load_model, model_opset, read_metadata, weights_digest
 
 
 @dataclass
@@ -57,6 +57,16 @@ class OnnxMember:
         except ValueError:
             return 1
 
+    def network_digests(self) -> list[str]:
+        """The checkpoint digest of each network the model holds (the members of a merged ensemble)."""
+        if self.kind != "ensemble":
+            return [d for d in [self.metadata.get("checkpoint_digest")] if d]
+        try:
+            inner = json.loads(self.metadata.get("members", "[]"))
+            return [m["checkpoint_digest"] for m in inner if isinstance(m, dict) and m.get("checkpoint_digest")]
+        except (ValueError, TypeError):
+            return []
+
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -82,6 +92,12 @@ def read_member(path: str | os.PathLike) -> OnnxMember:
             f"{path} is an ONNX model without bandistill metadata (generation, dataset, input contract); "
             "export it with 'bandistill export'"
         )
+    recorded = meta.get("weights_digest")
+    if recorded:
+        actual = weights_digest(model)
+        if actual is not None and actual != recorded:
+            raise UserError(f"{path} was altered after export: its weights' digest is {actual}, its metadata "
+                            f"records {recorded}; export it again from its checkpoint ({meta.get('checkpoint', '?')})")
     try:
         inp = model.graph.input[0].type.tensor_type
         test_acc = json.loads(meta.get("test_accuracy", "null"))
@@ -122,6 +138,13 @@ def validate_members(members: Sequence[OnnxMember], *, allow_mixed: bool = False
         twin = seen.setdefault(file_digest(m.path), m)
         if twin is not m:
             raise UserError(f"{twin.path} and {m.path} are the same model (identical files); pass each member once")
+    holders: dict[str, OnnxMember] = {}
+    for m in sorted(members, key=lambda m: m.kind == "ensemble"):  # single networks first
+        for digest in m.network_digests():  # a merged ensemble next to its own members counts them twice
+            other = holders.setdefault(digest, m)
+            if other is not m and m.kind == "ensemble":
+                raise UserError(f"{m.path} is a merged ensemble that already holds the network of {other.path}; "
+                                "pass the merged file or its members, not both")
     first = members[0]
     for m in members[1:]:
         if m.num_classes != first.num_classes:

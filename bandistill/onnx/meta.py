@@ -13,6 +13,7 @@ or an ``.h5`` cache given by mistake is named as what it is and never replaced.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -35,7 +36,7 @@ METADATA_KEYS = (
     "format", "format_version", "kind", "model", "num_classes", "classes", "dataset",
     "dataset_fingerprint", "generation", "input", "input_shape", "input_dtype", "output",
     "mean", "std", "normalization", "val_split", "view_policy", "checkpoint", "checkpoint_digest",
-    "test_accuracy", "teacher", "exporter", "version",
+    "weights_digest", "test_accuracy", "teacher", "exporter", "version",
 )
 
 #: The opset an export writes when none is asked for: what torch.onnx's exporters (both of
@@ -75,6 +76,26 @@ def set_metadata(model: onnx.ModelProto, values: dict[str, Any]) -> None:
         entry = model.metadata_props.add()
         entry.key = PREFIX + key
         entry.value = value if isinstance(value, str) else json.dumps(value)
+
+
+def weights_digest(model: onnx.ModelProto) -> str | None:
+    """sha256 (short) of the graph's weights: every initializer and ``Constant`` tensor, in graph order.
+
+    Recorded by the export as ``bandistill.weights_digest``, it lets a reader prove that the
+    weights are still the ones exported: a member whose weights were altered after export would
+    otherwise be evaluated (and ensembled) without a word. None when the weights live in external
+    files this reader did not load.
+    """
+    h = hashlib.sha256()
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            return None
+        h.update(init.SerializeToString(deterministic=True))
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                h.update(attr.SerializeToString(deterministic=True))
+    return h.hexdigest()[:16]
 
 
 def input_description(shape: Sequence[int]) -> str:
