@@ -51,3 +51,8 @@ def test_imagenet_cache_read_runs_with_a_small_file(tmp_path):
                                                  "--dir", str(tmp_path), "--json"])
     assert result["epoch_read_bytes"] == 1000 * 32 and len(result["cold_read_s"]) == 1
     assert result["on_paper"]["top5"]["logits"] == 1_281_167 * 22
+
+
+def test_rerun_planning_runs_with_a_tiny_cache(tmp_path):
+    result = _load("rerun_planning").main(["--gb", "0.001", "--repeats", "1", "--dir", str(tmp_path), "--json"])
+    assert result["bytes"] > 0 and set(result["seconds"]) == {"remembered", "rehash"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,47 @@ def test_downstream_signature_follows_upstream_digest(tmp_path):
         chain.stage("gen0.dump", sig, [dump.path], dump, cleanup=[dump.path])
     assert teacher.runs == 2 and dump.runs == 2  # the retrained teacher invalidated its cache
     assert "teacher" in messages[-1]
+
+
+def test_an_output_outside_the_run_folder_is_refused_and_never_touched(tmp_path):
+    """A manifest entry "../victim.txt" used to make `ban` move that file into superseded/."""
+    root = tmp_path / "run"
+    victim = write(tmp_path / "victim.txt", "someone else's file")
+    write(root / "gen0" / "model.pt", "x")
+    messages: list[str] = []
+    make_chain(root, messages).stage("gen0.train", {"epochs": 2}, [root / "gen0" / "model.pt"], Recorder(root / "gen0" / "model.pt"),
+                                     cleanup=[root / "gen0"])
+    data = json.loads((root / "manifest.json").read_text())
+    for rel in ("../victim.txt", str(victim), "gen0/../../victim.txt"):
+        data["stages"]["gen0.train"]["outputs"] = {rel: {"digest": "0" * 16, "identity": "content"}}
+        write(root / "manifest.json", json.dumps(data))
+        with pytest.raises(UserError, match=r"manifest.json is damaged: stage gen0.train names an output .* outside"):
+            make_chain(root, messages).stage("gen0.train", {"epochs": 2}, [root / "gen0" / "model.pt"],
+                                             Recorder(root / "gen0" / "model.pt"), cleanup=[root / "gen0"])
+        assert victim.read_text() == "someone else's file" and not (root / "superseded").exists()
+
+
+def test_an_unchanged_output_is_not_hashed_again(tmp_path, monkeypatch):
+    """Every re-run used to hash every output (a cache: all its bytes) while planning, and again while running."""
+    import bandistill.run.manifest as manifest_module
+
+    out = write(tmp_path / "cache" / "gen0.h5", "logits")
+    Manifest(tmp_path).finish("gen0.dump", {"v": 1}, [out])
+    hashed: list[str] = []
+    real = manifest_module.output_digest
+    monkeypatch.setattr(manifest_module, "output_digest", lambda p: hashed.append(str(p)) or real(p))
+    assert Manifest(tmp_path).status("gen0.dump", {"v": 1}) == "done" and hashed == []
+    time.sleep(0.05)  # past the filesystem's timestamp granularity (a few ms)
+    out.write_text("LOGITS")  # rewritten in place, same size: its mtime and ctime change
+    assert Manifest(tmp_path).status("gen0.dump", {"v": 1}) == "resume" and len(hashed) == 1
+
+
+def test_a_signature_key_added_later_means_unchanged_at_its_old_default(tmp_path):
+    """The dump signature gained top_k and epochs (None: the old behaviour); runs recorded before were
+    refused with an empty reason ("would redo finished stages of X ()")."""
+    out = write(tmp_path / "cache" / "gen0.h5", "logits")
+    Manifest(tmp_path).finish("gen0.dump", {"teacher": "abc", "views": 4}, [out])
+    m = Manifest(tmp_path)
+    assert m.status("gen0.dump", {"teacher": "abc", "views": 4, "top_k": None, "epochs": None}) == "done"
+    assert m.status("gen0.dump", {"teacher": "abc", "views": 4, "top_k": 5, "epochs": None}) == "changed"
+    assert m.changes("gen0.dump", {"teacher": "abc", "views": 4, "top_k": 5}) == ["top_k None -> 5"]

@@ -283,3 +283,94 @@ def test_cross_architecture_students_get_the_teachers_ends(tmp_path):
     teacher = load_checkpoint(out / "gen0" / "model.pt")
     assert student["model"]["name"] == "resnet-32" and student["transferred"] == ["stem", "classifier"]
     assert torch.equal(student["state_dict"]["classifier.weight"], teacher["state_dict"]["classifier.weight"])
+
+
+@pytest.mark.parametrize("bad", [{"epochs": "1"}, {"generations": 2.5}, {"seed": [1]}, {"transfer_ends": "yes"},
+                                 {"views": 1.5}, {"model": 3}, {"lr": "0.1"}])
+def test_a_ban_json_with_a_wrongly_typed_value_is_one_line(tmp_path, bad):
+    """`"epochs": "1"` in ban.json was a TypeError traceback (exit 1); `report` too."""
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "ban.json").write_text(json.dumps({"model": "resnet-20", "dataset": "digits", **bad}))
+    [(name, value)] = bad.items()
+    result = run_cli("ban", "--out", out)
+    assert_one_line_error(result, "ban.json is damaged", f"{name} is {value!r}")
+    assert sorted(p.name for p in out.iterdir()) == ["ban.json"]
+    assert_one_line_error(run_cli("report", out), "ban.json is damaged", f"{name} is {value!r}")
+
+
+def test_a_report_with_nan_cells_exits_1_and_writes_nothing(tmp_path):
+    """`report` printed NaN cells and exited 0."""
+    labels = np.array([0, 1, 1])
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]])
+    data = {"network": "resnet-20", "parameters": 1000, "seed": 0, **generation_metrics([p, p], labels)}
+    (tmp_path / "evaluation.json").write_text(json.dumps(data))
+    assert run_cli("report", tmp_path).exit_code == 0  # the same evaluation, finite: a report
+    data["cells"]["BAN-1"]["nll"] = float("nan")
+    (tmp_path / "evaluation.json").write_text(json.dumps(data))
+    for name in ("report.md", "report.json", "report.png"):
+        (tmp_path / name).unlink()
+    assert_one_line_error(run_cli("report", tmp_path), "not finite", "BAN-1 nll", code=1)
+    assert not list(tmp_path.glob("report*"))
+
+
+@pytest.mark.slow
+def test_a_run_recorded_before_top_k_and_epochs_is_not_refused(finished_run, tmp_path):
+    """A manifest from before the dump signature gained top_k and epochs: every re-run was refused with an
+    empty reason, and --supersede redid every student."""
+    out = copy_run(finished_run, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name, rec in manifest["stages"].items():
+        if name.endswith(".dump"):
+            assert rec["signature"].pop("top_k") is None and rec["signature"].pop("epochs") is None
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    before = snapshot(out)
+    assert run_ban(ban_options(out, {}), out, progress=False)["stages_run"] == []
+    after = snapshot(out)
+    assert {k: v for k, v in after.items() if not k.startswith("report")} == \
+        {k: v for k, v in before.items() if not k.startswith("report")}
+
+
+@pytest.mark.slow
+def test_finishing_an_interrupted_repair_needs_no_supersede(finished_run, tmp_path, monkeypatch):
+    """gen1/ deleted, then the re-run killed while gen1 retrained: gen1.train stayed "running" with later stages
+    done, the next plain re-run refused ("would redo finished stages") and --supersede retrained gen2 too."""
+    out = copy_run(finished_run, tmp_path)
+    before = snapshot(out)
+    shutil.rmtree(out / "gen1")
+    real_save = train_module.save_checkpoint
+
+    def killed_in_gen1(obj, path):
+        real_save(obj, path)
+        if "gen1" in str(path) and path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", killed_in_gen1)
+    with pytest.raises(KeyboardInterrupt):
+        run_ban(ban_options(out, {}), out, progress=False)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    assert json.loads((out / "manifest.json").read_text())["stages"]["gen1.train"]["status"] == "running"
+
+    again = run_ban(ban_options(out, {}), out, progress=False)  # no --supersede
+    assert again["stages_run"] == ["gen1.train"]
+    after = snapshot(out)
+    for name in ("gen2/model.pt", "cache/gen1.h5", "onnx/gen1.onnx", "onnx/gen2.onnx", "bane.onnx", "evaluation.json"):
+        assert after[name] == before[name], name  # nothing after gen1 was redone
+    from bandistill.identity import checkpoint_identity
+
+    assert checkpoint_identity(load_checkpoint(out / "gen1" / "model.pt")) == \
+        checkpoint_identity(load_checkpoint(finished_run[0] / "gen1" / "model.pt"))  # gen1 came back the same
+    assert not (out / "superseded").exists()
+
+
+@pytest.mark.slow
+def test_a_moved_run_folder_re_exports_the_same_bytes(finished_run, tmp_path):
+    """After moving a run folder, a deleted onnx/gen1.onnx was re-exported with other bytes (the absolute
+    checkpoint path in its metadata) and the ensemble stage was then refused mid-run."""
+    out = copy_run(finished_run, tmp_path)  # another folder than the one it was made in
+    before = snapshot(out)
+    (out / "onnx" / "gen1.onnx").unlink()
+    again = run_ban(ban_options(out, {}), out, progress=False)
+    assert again["stages_run"] == ["gen1.export"]
+    after = snapshot(out)
+    assert after["onnx/gen1.onnx"] == before["onnx/gen1.onnx"] and after["bane.onnx"] == before["bane.onnx"]

@@ -9,6 +9,21 @@ digest: a deleted, truncated or replaced output (even one of the same size) is n
 Because downstream signatures hold upstream *content* digests, an input rebuilt with the
 same content (a cache dumped again, ``model.pt`` rewritten from ``last.pt``) leaves every
 later stage complete; a different content makes them ``changed`` (:meth:`Manifest.status`).
+
+Signatures gain keys as the tool grows (the dump's ``top_k`` and ``epochs``). A new key's
+``None`` means what its absence meant, so a key one signature lacks equals ``None`` in the
+other (:func:`signature_changes`): a run folder made before the key existed stays done.
+
+Every path in the file is untrusted (it is a file anyone can edit): an output is a path
+*under* the run folder or the manifest is refused as damaged, so a re-run never reads,
+moves or replaces anything outside ``--out``.
+
+Checking that an output still has its content means hashing it (a cache: every byte). Each
+output is recorded with the (size, mtime, ctime, inode) it was hashed at; while those are
+unchanged the recorded digest stands and the file is not read again (as make and git do).
+A file rewritten in place changes its mtime and ctime, one replaced changes its inode (a
+rewrite of the same size within the filesystem's timestamp granularity of the hash, a few
+milliseconds, would go unseen: the run folder's lock keeps other bandistill writers out).
 """
 
 from __future__ import annotations
@@ -38,7 +53,7 @@ class Manifest:
         self.path = self.root / MANIFEST_FILE
         self.stages: dict[str, dict[str, Any]] = {}
         if self.path.exists():
-            self.stages = _read(self.path)
+            self.stages = _read(self.path, self.root)
 
     def _save(self) -> None:
         text = json.dumps({"stages": self.stages}, indent=2, sort_keys=True)
@@ -56,6 +71,8 @@ class Manifest:
         path = self.root / rel
         if not path.is_file():
             return False
+        if meta.get("stat") is not None and meta["stat"] == _stat_key(path):
+            return True  # not touched since it was hashed
         if meta.get("identity") == "content":
             return output_digest(path) == meta["digest"]
         return file_digest(path) == meta.get("digest")  # recorded before content identity existed
@@ -69,7 +86,7 @@ class Manifest:
         rec = self.stages.get(stage)
         if not rec:
             return NEW
-        if rec.get("signature") != signature:
+        if signature_changes(rec.get("signature", {}), signature):
             return CHANGED
         if rec.get("status") != "done" or self.damaged_outputs(stage):
             return RESUME
@@ -80,9 +97,7 @@ class Manifest:
         rec = self.stages.get(stage)
         if not rec:
             return []
-        old = rec.get("signature", {})
-        keys = sorted(set(old) | set(signature))
-        return [f"{k} {old.get(k)!r} -> {signature.get(k)!r}" for k in keys if old.get(k) != signature.get(k)]
+        return signature_changes(rec.get("signature", {}), signature)
 
     def start(self, stage: str, signature: dict[str, Any]) -> None:
         self.stages[stage] = {"status": "running", "signature": signature, "started": time.time()}
@@ -93,7 +108,8 @@ class Manifest:
         files = {}
         for p in outputs:
             rel = str(Path(p).resolve().relative_to(self.root.resolve()))
-            files[rel] = {"digest": output_digest(self.root / rel), "identity": "content"}
+            stat = _stat_key(self.root / rel)  # before hashing: a write during the hash shows as a change
+            files[rel] = {"digest": output_digest(self.root / rel), "identity": "content", "stat": stat}
         rec = self.stages.get(stage, {})
         self.stages[stage] = {
             "status": "done",
@@ -120,7 +136,28 @@ class Manifest:
         return self.stages[stage].get("result")
 
 
-def _read(path: Path) -> dict[str, dict[str, Any]]:
+def signature_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two signatures; a key one of them lacks counts as ``None``."""
+    keys = sorted(set(old) | set(new))
+    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def _stat_key(path: Path) -> list[int]:
+    """What changes when a file is rewritten or replaced: size, mtime, ctime (ns) and inode."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def inside(root: Path, rel: str) -> bool:
+    """Whether ``rel`` (a path read from a run's own files) names something under ``root``, symlinks resolved."""
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel):
+        return False
+    base = root.resolve()
+    target = (base / rel).resolve()
+    return target != base and target.is_relative_to(base)
+
+
+def _read(path: Path, root: Path) -> dict[str, dict[str, Any]]:
     """The stage records of a manifest file, or :class:`UserError` when it is damaged or edited out of shape."""
     try:
         data = json.loads(path.read_text())
@@ -136,4 +173,9 @@ def _read(path: Path) -> dict[str, dict[str, Any]]:
     if not ok:
         raise UserError(f"{path} is damaged (not a bandistill manifest); restore it, or move it aside and rerun: "
                         "finished generations are then recognised from their files")
+    for stage, rec in stages.items():
+        for rel in rec.get("outputs", {}):
+            if not inside(root, rel):
+                raise UserError(f"{path} is damaged: stage {stage} names an output {rel!r} outside {root}; nothing "
+                                "was read or moved; restore the manifest, or move it aside and rerun")
     return stages

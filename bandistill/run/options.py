@@ -68,6 +68,9 @@ class BanOptions:
     def validate(self) -> "BanOptions":
         from bandistill.device import resolve_device
 
+        wrong = mistyped(asdict(self))
+        if wrong:
+            raise UserError(f"option {wrong[0]}")
         self.model = validate_model_name(self.model)
         self.student_model = validate_model_name(self.student_model) if self.student_model else None
         if self.generations < 1:
@@ -162,6 +165,10 @@ def ban_options(out: str | os.PathLike, given: dict[str, Any]) -> BanOptions:
     if unknown:
         raise TypeError(f"unknown option(s) {unknown}")
     saved = read_options(out) or {}
+    wrong = mistyped({k: v for k, v in saved.items() if k not in given})
+    if wrong:
+        raise UserError(f"{Path(out) / OPTIONS_FILE} is damaged: {wrong[0]}; restore it, or give the option "
+                        f"on the command line")
     merged = {**{k: v for k, v in saved.items() if k in names}, **given}
     if not merged.get("model") and merged.get("teacher"):  # a bandistill checkpoint names its architecture
         from bandistill.import_teacher import teacher_architecture
@@ -171,6 +178,34 @@ def ban_options(out: str | os.PathLike, given: dict[str, Any]) -> BanOptions:
         if not merged.get(required):
             raise UserError(f"--{required} is required (--out {out} holds no {OPTIONS_FILE} to take it from)")
     return BanOptions(**merged)
+
+
+_JSON_TYPES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "None": "null"}
+
+
+def mistyped(values: dict[str, Any]) -> list[str]:
+    """One phrase per option whose value has the wrong type (``epochs is '1', not an integer``).
+
+    ``ban.json`` is a file anyone can edit: a value of the wrong type must be one line, not a
+    TypeError from deep inside a stage. Types come from :class:`BanOptions`' annotations.
+    """
+    wrong = []
+    for f in fields(BanOptions):
+        if f.name not in values:
+            continue
+        value, allowed = values[f.name], [t.strip() for t in str(f.type).split("|")]
+        ok = any(
+            value is None if t == "None"
+            else isinstance(value, bool) if t == "bool"
+            else isinstance(value, int) and not isinstance(value, bool) if t == "int"
+            else isinstance(value, (int, float)) and not isinstance(value, bool) if t == "float"
+            else isinstance(value, str) if t == "str"
+            else True
+            for t in allowed
+        )
+        if not ok:
+            wrong.append(f"{f.name} is {value!r}, not {' or '.join(_JSON_TYPES.get(t, t) for t in allowed)}")
+    return wrong
 
 
 def read_options(out: str | os.PathLike) -> dict[str, Any] | None:

@@ -8,13 +8,14 @@ adds what only a run knows (its network label, parameter count, the views its st
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from bandistill.errors import UserError
+from bandistill.errors import NonFiniteError, UserError
 from bandistill.models import build_model, count_parameters, model_options
-from bandistill.run.options import OPTIONS_FILE, BanOptions, read_options
+from bandistill.run.options import OPTIONS_FILE, BanOptions, mistyped, read_options
 from bandistill.data.views import ViewPlan, ViewPolicy, generation0_views_seen
 
 EVALUATION_FILE = "evaluation.json"
@@ -61,11 +62,14 @@ def find_evaluations(out: str | Path) -> list[Path]:
     out = Path(out)
     saved = read_options(out)
     if saved is not None:
+        wrong = mistyped(saved)
         try:
+            if wrong:
+                raise TypeError(wrong[0])
             opts = BanOptions(**{k: v for k, v in saved.items() if k in {f.name for f in fields(BanOptions)}})
             paths = [opts.chain_dir(out, s) / EVALUATION_FILE for s in opts.chain_seeds()]
-        except TypeError:
-            raise UserError(f"{out / OPTIONS_FILE} is damaged (not the options of a run); restore it") from None
+        except TypeError as exc:
+            raise UserError(f"{out / OPTIONS_FILE} is damaged ({exc}); restore it") from None
         return [p for p in paths if p.is_file()]
     if (out / EVALUATION_FILE).is_file():
         return [out / EVALUATION_FILE]
@@ -79,10 +83,22 @@ def read_evaluation(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         data = exc
     keys = ("network", "parameters", "seed", "columns", "cells", "test_samples")
-    if not isinstance(data, dict) or any(k not in data for k in keys):
+    figures = ("error", "nll", "ece")
+    if (not isinstance(data, dict) or any(k not in data for k in keys) or not isinstance(data["cells"], dict)
+            or not all(isinstance(c, dict) and all(_is_number(c.get(f)) for f in figures)
+                       for c in data["cells"].values())):
         raise UserError(f"{path} is damaged (not a complete evaluation); delete it and rerun the same "
                         "'bandistill ban' command to evaluate the generations again")
+    bad = [f"{col} {f}" for col, c in data["cells"].items() for f in figures if not math.isfinite(c[f])]
+    if bad:  # a report of NaN cells is garbage: it must not pass as a result (exit 1, nothing written)
+        raise NonFiniteError(f"{path} holds figures that are not finite ({', '.join(bad[:4])}"
+                             f"{' ...' if len(bad) > 4 else ''}): those generations output NaN or inf; no report "
+                             "written; check them with 'bandistill ensemble --onnx <run>/onnx/gen*.onnx'")
     return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def build_report(out: str | Path) -> dict[str, Any]:

@@ -4,6 +4,13 @@ A stage is a name (``gen1.train``), a *signature* (what shapes its output, with 
 digests of its inputs), its outputs and an action. :meth:`Stages.stage` asks the manifest
 (:mod:`bandistill.run.manifest`) for the stage's state and acts on it; the chain's algorithm
 (:mod:`bandistill.run.chain`) only lists its stages.
+
+Planning walks the stages before anything changes on disk, with the digests the manifest
+recorded. A stage that will *resume* (interrupted, or its output deleted) is expected to give
+back the content its later stages were made from: training and dumping are deterministic
+and resume exactly. So those later stages are not "changed" at planning (that would refuse
+finishing an interrupted repair, or make ``--supersede`` redo them); they are checked
+again once the resumed stage has its real digest, and only a real difference refuses.
 """
 
 from __future__ import annotations
@@ -15,6 +22,11 @@ from typing import Any, Callable
 from bandistill.errors import UserError
 from bandistill.run.manifest import CHANGED, DONE, NEW, RESUME, Manifest
 from bandistill.run.superseding import Superseded, refusal
+
+#: Stage state while planning: recorded with this signature but for the digest of an upstream
+#: stage that will resume; decided when that stage has run (see the module docstring).
+PENDING = "pending"
+_RESUMED = "<resumed output of "
 
 
 class Stages:
@@ -45,6 +57,8 @@ class Stages:
         state = m.status(name, signature)
         where = f"{self.root.name}/{name}"
         if self.planning:
+            if state == CHANGED and _only_resumed_inputs_differ(m.record(name)["signature"], signature):
+                state = PENDING
             self.plan[name] = state
             if state == CHANGED:
                 self.changed[name] = m.changes(name, signature)
@@ -79,12 +93,27 @@ class Stages:
         """The content digest a downstream signature records for ``output`` of ``stage``.
 
         While planning, a stage that will run anew has no digest yet: a placeholder stands in,
-        so every recorded stage downstream of it shows as changed.
+        so every recorded stage downstream of it shows as changed. One that will resume stands
+        for the content it had (the recorded digest; a marker when an interruption lost it).
         """
-        if self.planning and (self.plan.get(stage) in (CHANGED, NEW) or
-                              (self.manifest.record(stage) or {}).get("status") != "done"):
-            return f"<output of {stage}>"
+        if self.planning:
+            if self.plan.get(stage) in (CHANGED, NEW):
+                return f"<output of {stage}>"
+            if (self.manifest.record(stage) or {}).get("status") != "done":
+                return f"{_RESUMED}{stage}>"
         return self.manifest.digest(stage, output)
+
+
+def _only_resumed_inputs_differ(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether every difference between two signatures is an input that a resuming stage will give back."""
+    def explained(was: Any, now: Any) -> bool:
+        if was == now:
+            return True
+        if isinstance(was, list) and isinstance(now, list) and len(was) == len(now):
+            return all(explained(a, b) for a, b in zip(was, now))
+        return isinstance(now, str) and now.startswith(_RESUMED)
+
+    return all(explained(old.get(k), new.get(k)) for k in set(old) | set(new))
 
 
 def summary(result: Any) -> Any:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from bandistill.errors import UserError
 from bandistill.run.manifest import MANIFEST_FILE
 from bandistill.run.options import OPTIONS_FILE
 
@@ -33,6 +34,10 @@ class Superseded:
         existing = [p for p in paths if p.exists() or p.is_symlink()]
         if not existing:
             return
+        for p in existing:  # the last guard of "nothing outside --out is touched" (moving a link moves the link)
+            rel = os.path.normpath(os.path.relpath(p, self.out))
+            if rel == "." or rel == ".." or rel.startswith(".." + os.sep) or os.path.isabs(rel):
+                raise UserError(f"refusing to move {p} aside: it is not inside {self.out}; nothing was moved")
         if self.folder is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             folder, n = self.out / SUPERSEDED_DIR / stamp, 1
