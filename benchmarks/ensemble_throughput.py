@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     merged = create_session(merged_path, args.provider, threads=args.threads)
     separate = [create_session(p, args.provider, threads=args.threads) for p in paths]
     on_device = images.to(session_device(merged))  # "images go to the device once", before timing
-    checkpoints = [Path(m.metadata.get("checkpoint", "")) for m in members]
-    torch_ens = TorchEnsemble(checkpoints, device) if all(c.is_file() for c in checkpoints) else None
+    checkpoints = [m.checkpoint for m in members]
+    torch_ens = TorchEnsemble(checkpoints, device) if all(c is not None and c.is_file() for c in checkpoints) else None
     torch_images = images.to(device)
 
     def run_separate() -> np.ndarray:

@@ -204,3 +204,7 @@ def test_the_export_does_not_depend_on_where_the_run_folder_lives(gen0_ckpt, tmp
     assert (first / "onnx" / "gen0.onnx").read_bytes() == (second / "onnx" / "gen0.onnx").read_bytes()
     meta = read_metadata(onnx.load(str(first / "onnx" / "gen0.onnx")))
     assert meta["checkpoint"] == str(Path("..") / "gen0" / "model.pt")
+    from bandistill.onnx.members import read_member
+
+    member = read_member(second / "onnx" / "gen0.onnx")  # the recorded path leads back to the checkpoint
+    assert member.checkpoint is not None and member.checkpoint.resolve() == (second / "gen0" / "model.pt").resolve()

@@ -57,6 +57,16 @@ class OnnxMember:
         except ValueError:
             return 1
 
+    @property
+    def checkpoint(self) -> Path | None:
+        """The checkpoint it was exported from, or None when the metadata names none.
+
+        Exports record the path relative to the ONNX file's folder (so a moved run folder exports the same
+        bytes); older exports recorded it absolute, which joining leaves as it is.
+        """
+        recorded = self.metadata.get("checkpoint")
+        return self.path.parent / recorded if recorded else None
+
     def network_digests(self) -> list[str]:
         """The checkpoint digest of each network the model holds (the members of a merged ensemble)."""
         if self.kind != "ensemble":
