@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from bandistill.cli.output import print_json, print_report_table, print_variants_table
+from bandistill.cli.output import print_json, print_report
 from bandistill.errors import UserError
 from bandistill.cli.train import LOSSES
 from bandistill.run import DEFAULT_VIEWS, ban_options, run_ban
@@ -81,9 +81,4 @@ def command(ctx: click.Context, out: str, supersede: bool, as_json: bool, **opts
     if as_json:
         print_json({k: result.get(k) for k in ("out", "stages_run", "rows", "files", "variants")})
     else:
-        print_report_table(result["rows"])
-        if result.get("variants"):
-            print_variants_table(result["variants"])
-        for note in result.get("notes", []):
-            click.echo(note)
-        click.echo(f"report: {result['files']['report.md']}")
+        print_report(result)

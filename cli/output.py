@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Any, Iterable, Sequence
 
+import click
 from rich.console import Console
 from rich.table import Table
 
@@ -67,3 +68,13 @@ def print_variants_table(variants: dict[str, Any]) -> None:
         name = row["variant"] + (" (chain)" if row["chain"] else "")
         table.add_row(name, *(format_cell(row["cells"][f], f) for f in FIGURES), f"{row['collapsed']} of {row['repeats']}")
     stdout_console.print(table)
+
+
+def print_report(result: dict[str, Any]) -> None:
+    """A run's report as 'ban' and 'report' print it: the tables, the notes, where report.md is."""
+    print_report_table(result["rows"])
+    if result.get("variants"):
+        print_variants_table(result["variants"])
+    for note in result.get("notes", []):
+        click.echo(note)
+    click.echo(f"report: {result['files']['report.md']}")

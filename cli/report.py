@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bandistill.cli.output import print_json, print_report_table, print_variants_table
+from bandistill.cli.output import print_json, print_report
 from bandistill.run import build_report
 
 
@@ -17,9 +17,4 @@ def command(run_dir: str, as_json: bool) -> None:
     if as_json:
         print_json({"rows": result["rows"], "files": result["files"], "variants": result.get("variants")})
     else:
-        print_report_table(result["rows"])
-        if result.get("variants"):
-            print_variants_table(result["variants"])
-        for note in result.get("notes", []):
-            click.echo(note)
-        click.echo(f"report: {result['files']['report.md']}")
+        print_report(result)
