@@ -62,7 +62,7 @@ def teacher_max_weights(teacher_logits: torch.Tensor, temperature: float = 1.0) 
     """
     conf = F.softmax(teacher_logits.float() / temperature, dim=1).amax(dim=1)
     total, share = batch_sum(conf.sum())
-    return conf / (total * share if share != 1.0 else total)
+    return conf / (total * share)  # one process: share is 1.0, an exact no-op
 
 
 def permute_non_argmax(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
