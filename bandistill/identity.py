@@ -143,12 +143,13 @@ def lineage_chain(checkpoint: str | Path) -> list[dict[str, Any]]:
     Read from the checkpoint alone (each student's lineage embeds its teacher's), so the
     caches and the older checkpoints need not exist any more.
     """
-    ckpt = load_checkpoint(checkpoint)
+    before = os.stat(checkpoint) if os.path.isfile(checkpoint) else None
+    ckpt = load_checkpoint(checkpoint)  # a missing file: its one-line UserError
     chain = [{
         "generation": int(ckpt.get("generation") or 0),
         "model": ckpt["model"]["name"],
         "checkpoint": str(checkpoint),
-        "checkpoint_digest": checkpoint_digest(checkpoint),
+        "checkpoint_digest": loaded_checkpoint_digest(checkpoint, ckpt, before),  # not loaded a second time
         "test_accuracy": (ckpt.get("metrics") or {}).get("test_accuracy"),
     }]
     link = ckpt.get("teacher")
