@@ -72,6 +72,17 @@ def unreadable(path: Path, exc: BaseException) -> UserError:
     return UserError(f"cannot read image {path}: {exc}; remove or replace the file")
 
 
+def header(path: Path) -> tuple[int, int, str]:
+    """(height, width, mode) of an image from its header, decoding no pixels; one line naming a damaged file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width, img.mode
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise unreadable(path, exc) from None
+
+
 def majority_format(folder: Path, files: list[tuple[Path, int]]) -> tuple[tuple[int, int], str]:
     """The size most training images have and their majority mode (``L`` or ``RGB``), from headers only.
 
@@ -81,17 +92,12 @@ def majority_format(folder: Path, files: list[tuple[Path, int]]) -> tuple[tuple[
     """
     from collections import Counter
 
-    from PIL import Image, UnidentifiedImageError
-
     sizes: Counter = Counter()
     gray = 0
     for path, _ in files:
-        try:
-            with Image.open(path) as img:
-                sizes[(img.height, img.width)] += 1
-                gray += img.mode in GRAY_MODES
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-            raise unreadable(path, exc) from None
+        height, width, mode = header(path)
+        sizes[(height, width)] += 1
+        gray += mode in GRAY_MODES
     (size, count), total = sizes.most_common(1)[0], len(files)
     if count * 2 <= total:
         listed = ", ".join(f"{h}x{w} ({n})" for (h, w), n in sizes.most_common(3))

@@ -24,7 +24,7 @@ import torch
 
 from bandistill.data.memory import ImageDataset
 from bandistill.data.resized_crop import RandomResizedCrop
-from bandistill.data.scan import scan_tree, unreadable
+from bandistill.data.scan import header, scan_tree, unreadable
 from bandistill.errors import UserError
 
 #: The usual ImageNet normalisation (in [0, 1] units): a streaming tree is not read whole to measure its own.
@@ -217,13 +217,7 @@ def load_streaming(data_dir: str | os.PathLike | None, image_size: int) -> Strea
 
 def header_size(path: Path) -> tuple[int, int]:
     """(height, width) of an image from its header; one line naming the file when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            height, width = img.height, img.width
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise unreadable(path, exc) from None
+    height, width, _ = header(path)
     if max(height, width) > MAX_SIDE:
         raise UserError(f"image {path} is {height}x{width}; sides above {MAX_SIDE} are not supported: resize it")
     return height, width
