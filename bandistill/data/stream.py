@@ -50,8 +50,9 @@ def decode_workers() -> int:
 
 def _executor() -> ThreadPoolExecutor:
     global _pool
-    if _pool is None or _pool._max_workers != decode_workers():
-        _pool = ThreadPoolExecutor(decode_workers(), thread_name_prefix="bandistill-decode")
+    workers = decode_workers()  # asked once per batch: the environment and the CPU affinity read once
+    if _pool is None or _pool._max_workers != workers:
+        _pool = ThreadPoolExecutor(workers, thread_name_prefix="bandistill-decode")
     return _pool
 
 
