@@ -34,6 +34,7 @@ cache is measured against (``benchmarks/cache_fidelity.py``), not the normal pat
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any, Protocol
@@ -415,8 +416,6 @@ class EnsembleSoftTargets:
         self.seed = first.seed
         self.generation = max(m.generation for m in members)
         self.loss, self.temperature, self.alpha = first.loss, first.temperature, first.alpha
-        import hashlib
-
         joined = "|".join([average, *(m.digest for m in members)])
         self.digest = "bane:" + hashlib.sha256(joined.encode()).hexdigest()
 
