@@ -201,8 +201,9 @@ class Chain(Stages):
         data = generation_metrics([np.exp(lp) for lp in log_probs], labels)
         names = data["columns"][: len(onnx_files)]  # baseline, BAN-1 .. BAN-N
         data["providers"] = dict(zip(names, providers))  # the onnxruntime provider each member really ran on
-        data["collapse"] = {n: load_checkpoint(self.root / f"gen{k}" / MODEL_FILE).get("collapse")
-                            for k, n in enumerate(names)}
+        # each generation's checkpoint read once: its collapse verdict and the test accuracy its training reported
+        trained = [_collapse_and_accuracy(self.root / f"gen{k}" / MODEL_FILE) for k in range(len(onnx_files))]
+        data["collapse"] = {n: collapse for n, (collapse, _) in zip(names, trained)}
         data["taught_by"] = {"bane": o.bane_teacher, "average": o.teacher_average if o.bane_teacher else None}
         if variant_files:
             lead = o.chain_variant().name
@@ -212,15 +213,21 @@ class Chain(Stages):
                 "order": [v.name for v in o.student_variants()], "chain": lead,
                 "cells": variant_metrics(probs, labels),
                 "providers": {lead: providers[1], **dict(zip(variant_files, vproviders))},
-                "collapse": {v.name: load_checkpoint(self.root / ("gen1" if v.name == lead else f"gen1-{v.folder}")
-                                                     / MODEL_FILE).get("collapse") for v in o.student_variants()},
+                "collapse": {v.name: trained[1][0] if v.name == lead
+                             else load_checkpoint(self.root / f"gen1-{v.folder}" / MODEL_FILE).get("collapse")
+                             for v in o.student_variants()},
             }
         data["network"] = network_label(o)
         data["parameters"] = parameters_of(o, ds.num_classes, ds.in_channels, ds.image_shape)
         data["seed"] = self.seed
         data["views_seen"] = views_seen(o, ds.view_policy)
-        data["train_reported"] = [load_checkpoint(self.root / f"gen{k}" / MODEL_FILE)["metrics"]["test_accuracy"]
-                                  for k in range(len(onnx_files))]
+        data["train_reported"] = [accuracy for _, accuracy in trained]
         save_merged_onnx(onnx_files, bane)  # every generation, as `bandistill ensemble --onnx gen*.onnx`
         atomic_write(evaluation, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
         return {"bane": str(bane), "members": len(onnx_files)}
+
+
+def _collapse_and_accuracy(path: Path) -> tuple[Any, float]:
+    """A generation's collapse verdict and reported test accuracy (one read; the weights are let go at once)."""
+    ckpt = load_checkpoint(path)
+    return ckpt.get("collapse"), ckpt["metrics"]["test_accuracy"]
