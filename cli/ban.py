@@ -7,7 +7,7 @@ from click.core import ParameterSource
 
 from bandistill.cli.output import print_json, print_report
 from bandistill.errors import UserError
-from bandistill.cli.train import LOSSES
+from bandistill.losses import LOSSES
 from bandistill.run import DEFAULT_VIEWS, ban_options, run_ban
 from bandistill.progress import stderr_console
 

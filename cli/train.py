@@ -9,10 +9,9 @@ from bandistill.cli.output import print_json, print_mapping
 from bandistill.collapse import warning
 from bandistill.distributed import is_main
 from bandistill.errors import UserError
+from bandistill.losses import LOSSES
 from bandistill.step import COMPILE_MODES
 from bandistill.train import TrainConfig, train
-
-LOSSES = ["ban+l", "ban", "kd", "cwtm", "dkpp"]
 
 
 @click.command("train")
