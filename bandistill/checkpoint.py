@@ -46,6 +46,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                         "it, retrain, or pick another file") from None
     except Exception as exc:  # pickle.UnpicklingError and friends from weights_only
         raise UserError(f"{path} is not a bandistill checkpoint ({type(exc).__name__}); pass a model.pt from 'bandistill train'") from None
+    return checked_checkpoint(ckpt, path)
+
+
+def checked_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """``ckpt``, what ``torch.load`` read from ``path``, if it is a bandistill checkpoint every reader can use;
+    else :class:`UserError` saying why. For a caller that has loaded the file already (no second read)."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not a bandistill checkpoint; pass a model.pt written by 'bandistill train'")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:

@@ -36,7 +36,7 @@ _WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema", "module", "ne
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """``(state_dict, bandistill_checkpoint_or_None)`` of a weights file; :class:`UserError` when unreadable."""
-    from bandistill.checkpoint import FORMAT, load_checkpoint
+    from bandistill.checkpoint import FORMAT, checked_checkpoint
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -57,7 +57,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise UserError(f"{path} is not a state dict torch can read safely ({type(exc).__name__}); save the "
                         "weights with torch.save(model.state_dict(), path) or as .safetensors") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        ckpt = load_checkpoint(path)
+        ckpt = checked_checkpoint(obj, path)  # read once: the checks of load_checkpoint, on what torch.load gave
         return dict(ckpt["state_dict"]), ckpt
     return _flat(_unwrap(obj, path), path), None
 
