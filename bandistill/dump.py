@@ -196,8 +196,7 @@ class LogitDump:
         headers, attributes), measured on the real layout in memory (a preflight that left it out let
         a disk that held the arrays fill mid-dump)."""
         num_test = len(layout["test_labels"])
-        e = schema.storage_bytes(layout["num_views"], layout["num_samples"], layout["num_classes"], layout["dtype"],
-                                 layout["num_params"], num_test, top_k=layout["top_k"])
+        e = layout_array_bytes(layout)
         e["hdf5_overhead"] = CacheWriter.overhead_bytes(**layout)
         e["total"] = e["logits"] + e["view_params"] + e["hdf5_overhead"] + \
             num_test * layout["num_classes"] * np.dtype(layout["dtype"]).itemsize
@@ -406,10 +405,7 @@ class LogitDump:
         else:
             if state is not None:
                 self.log(f"{partial} cannot be read (the dump was killed mid-write); starting it over")
-            arrays = schema.storage_bytes(layout["num_views"], layout["num_samples"], layout["num_classes"],
-                                          layout["dtype"], layout["num_params"], len(layout["test_labels"]),
-                                          top_k=layout["top_k"])
-            self.check_disk_space(arrays["total"], Path(final).parent)  # before anything of that size exists
+            self.check_disk_space(layout_array_bytes(layout)["total"], Path(final).parent)  # before anything of that size exists
             writer = CacheWriter.create(final, **layout)
         size = self.estimate if Path(final) == self.out else self.file_estimate(layout)
         try:
@@ -522,6 +518,13 @@ def dump_logits(
         if w.size > 1:
             return run_sharded(job, stop_after_views=stop_after_views)
         return job.run(stop_after_views=stop_after_views)
+
+
+def layout_array_bytes(layout: dict[str, Any]) -> dict[str, int]:
+    """:func:`bandistill.cache.schema.storage_bytes` of a file with ``layout`` (:meth:`LogitDump.layout`'s keys):
+    plain arithmetic, nothing laid out."""
+    return schema.storage_bytes(layout["num_views"], layout["num_samples"], layout["num_classes"], layout["dtype"],
+                                layout["num_params"], len(layout["test_labels"]), top_k=layout["top_k"])
 
 
 def is_cache_file(path: str | Path) -> bool:
