@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from bandistill.inference import predict_logits  # noqa: E402
 from bandistill.metrics import classification_metrics  # noqa: E402
 from bandistill.train import TrainConfig  # noqa: E402
 from bandistill.variants import parse_variants  # noqa: E402
-from cache_fidelity import find_data, subset_tree, train_one  # noqa: E402
+from cache_fidelity import find_data, mean_std, subset_tree, train_one  # noqa: E402
 
 
 def evaluate(checkpoint: Path, ds) -> dict[str, float]:
@@ -53,10 +52,6 @@ def evaluate(checkpoint: Path, ds) -> dict[str, float]:
     m = classification_metrics(torch.softmax(logits.double(), 1).numpy(), ds.test_labels.numpy())
     collapse = ckpt.get("collapse") or {}
     return {"error": 100 * m["error"], "nll": m["nll"], "ece": m["ece"], "collapsed": bool(collapse.get("collapsed"))}
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
