@@ -41,7 +41,8 @@ the others run; each gets at most what is left of ``--budget``):
 
 Output: a table on stdout (what, figure, target, verdict: holds / falls short / could not run
 (why) / measured, for rows without a target), the same rows as JSON in ``--out``, and each
-check's full output in ``<out stem>_logs/``. The data are random (CIFAR-10's on-disk layout and a
+check's full output in ``<out stem>_logs/`` (an earlier run's report and logs there are
+renamed with their time, never overwritten). The data are random (CIFAR-10's on-disk layout and a
 tree of JPEGs, written into the scratch folder): speed does not depend on the pixels, and nothing
 is downloaded.
 With ``--smoke`` every check runs at toy sizes on the CPU: the verdicts then say nothing about
@@ -549,6 +550,28 @@ def run_checks(ctx: Context, budget: float, only: set[str] | None = None) -> lis
     return [r for got in done for rows in got for r in rows]
 
 
+def set_aside(out: Path, logs: Path) -> list[Path]:
+    """Move an earlier run's report and logs to ``<stem>.<its time><suffix>`` and ``<logs>.<its time>``:
+    GPU time is rare, so a second run with the same ``--out`` must not overwrite the first one's
+    figures, nor leave its logs mixed with the new ones. Returns where they went."""
+    def aside(tag: str) -> dict[Path, Path]:
+        return {out: out.with_name(f"{out.stem}.{tag}{out.suffix}"), logs: logs.with_name(f"{logs.name}.{tag}")}
+
+    earlier = [p for p in (out, logs) if p.exists()]
+    if not earlier:
+        return []
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(p.stat().st_mtime for p in earlier)))
+    tag, n = stamp, 1
+    while any(d.exists() for d in aside(tag).values()):
+        n += 1
+        tag = f"{stamp}-{n}"
+    dests = aside(tag)
+    for p in earlier:
+        os.replace(p, dests[p])
+        print(f"moved the earlier {p.name} to {dests[p].name}", file=sys.stderr)
+    return [dests[p] for p in earlier]
+
+
 def print_table(header: list[str], rows: list[dict[str, Any]]) -> None:
     for line in header:
         print(line)
@@ -565,12 +588,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=None,
                     help=f"seconds for all checks together (default {DEFAULT_BUDGET_S:.0f}; --smoke: 600)")
     ap.add_argument("--smoke", action="store_true", help="every check at toy sizes on the CPU")
-    ap.add_argument("--out", default="gpu_check.json", help="the JSON report (logs go to <stem>_logs/ beside it)")
+    ap.add_argument("--out", default="gpu_check.json",
+                    help="the JSON report (logs go to <stem>_logs/ beside it; an earlier report "
+                    "and its logs there are moved aside, never overwritten)")
     ap.add_argument("--only", default="", help="comma-separated check names (e.g. train_throughput,ban); env always runs")
     args = ap.parse_args(argv)
     budget = args.budget if args.budget is not None else (600.0 if args.smoke else DEFAULT_BUDGET_S)
     out = Path(args.out).resolve()
     logs = out.parent / f"{out.stem}_logs"
+    set_aside(out, logs)
     logs.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:

@@ -48,3 +48,21 @@ def test_gpu_check_smoke_runs_every_check_and_reports_each_as_a_row(tmp_path):
     assert merged["verdict"] in RAN and "PyTorch" in merged["figure"], merged
     assert graph["verdict"].startswith("could not run") and "CUDA" in graph["verdict"], graph
     assert (tmp_path / "check_logs" / "ban.log").exists()
+
+
+@pytest.mark.slow
+def test_a_second_run_moves_the_first_report_and_logs_aside(tmp_path):
+    """GPU time is rare: the same --out again keeps the earlier report and its logs (renamed with their time)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--only", "none", "--out", str(tmp_path / "check.json")]
+    first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (tmp_path / "check.json").write_text((tmp_path / "check.json").read_text().replace('"smoke"', '"first"', 1))
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    reports = sorted(tmp_path.glob("check.*.json"))
+    assert len(reports) == 1 and '"first"' in reports[0].read_text(), [p.name for p in tmp_path.iterdir()]
+    assert '"first"' not in (tmp_path / "check.json").read_text()
+    (old_logs,) = tmp_path.glob("check_logs.*")
+    assert (old_logs / "env.log").exists() and (tmp_path / "check_logs" / "env.log").exists()
