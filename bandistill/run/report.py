@@ -87,7 +87,7 @@ def read_evaluation(path: Path) -> dict[str, Any]:
     if (not isinstance(data, dict) or any(k not in data for k in keys) or not isinstance(data["cells"], dict)
             or not all(isinstance(c, dict) and all(_is_number(c.get(f)) for f in figures)
                        for c in data["cells"].values())):
-        raise UserError(f"{path} is damaged (not a complete evaluation); delete it and rerun the same "
+        raise UserError(f"{path} is damaged (not a complete evaluation); move it aside and rerun the same "
                         "'bandistill ban' command to evaluate the generations again")
     bad = [f"{col} {f}" for col, c in data["cells"].items() for f in figures if not math.isfinite(c[f])]
     if bad:  # a report of NaN cells is garbage: it must not pass as a result (exit 1, nothing written)
