@@ -69,7 +69,7 @@ def hold(lock: Path, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "a process that is starting"
+                holder = _read_holder(fd) or "a process that is starting"
                 raise UserError(f"{what} is in use by another bandistill process ({holder}); wait for it to "
                                 "finish or stop it, or choose another --out") from None
             # ENOLCK/ENOTSUP: this filesystem cannot lock; run unlocked rather than not at all
@@ -89,6 +89,18 @@ def hold(lock: Path, what: str) -> Iterator[None]:
                 pass
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def _read_holder(fd: int, wait_s: float = 1.0) -> str:
+    """The holder's line. It writes it just after taking the lock, so an empty file is a holder that is
+    starting: read again for up to ``wait_s`` before saying so (a second process started beside the first
+    otherwise named nobody)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        if holder or time.monotonic() >= deadline:
+            return holder
+        time.sleep(0.02)
 
 
 def _describe_self() -> str:

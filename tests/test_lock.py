@@ -93,3 +93,27 @@ def test_two_ban_processes_on_one_folder_exactly_one_runs(tmp_path):
     assert winner.wait() == 0, winner.stderr.read()
     lines = (out / "gen0" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
+
+
+def test_a_holder_that_has_not_yet_written_its_name_is_still_named(tmp_path):
+    """The holder writes its line just after taking the lock; a second process that looked in between said
+    "a process that is starting" (seen as a flaky two-process test in CI)."""
+    import fcntl
+    import os
+    import threading
+
+    from bandistill.errors import UserError
+    from bandistill.lock import hold
+
+    lock = tmp_path / ".bandistill.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # locked, not yet named
+        timer = threading.Timer(0.2, lambda: os.pwrite(fd, b"pid 4242 on host: bandistill ban", 0))
+        timer.start()
+        with pytest.raises(UserError, match="pid 4242"):
+            with hold(lock, "exp"):
+                pass
+        timer.join()
+    finally:
+        os.close(fd)
